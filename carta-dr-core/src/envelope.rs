@@ -1,0 +1,1 @@
+//! The stored-object envelope. (Being written.)
