@@ -1,0 +1,12 @@
+//! # carta-dr-postgres
+//!
+//! Everything in carta-dr that talks to a live PostgreSQL:
+//!
+//! * [`replication`]: our own replication-protocol client on `postgres-protocol` over tokio
+//!   (`IDENTIFY_SYSTEM`, `BASE_BACKUP`), the physical base backup and its restore.
+//! * [`monitor`]: the replication monitor, its Prometheus exporter and alert rules.
+
+#![warn(missing_docs)]
+
+pub mod monitor;
+pub mod replication;

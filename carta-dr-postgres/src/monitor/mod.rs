@@ -1,0 +1,1 @@
+//! Replication monitor. Being written.

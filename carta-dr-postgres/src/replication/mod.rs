@@ -1,0 +1,1 @@
+//! Replication-protocol client and base backups. Being written.
