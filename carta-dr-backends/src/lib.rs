@@ -18,3 +18,5 @@ mod memory;
 mod open;
 #[cfg(feature = "s3")]
 mod s3;
+
+pub use memory::MemoryStore;
