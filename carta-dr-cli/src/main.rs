@@ -1,1 +1,176 @@
-fn main() {}
+//! `carta-dr`: the command-line tool.
+//!
+//! # Layout
+//!
+//! * `main.rs` (this file): the top-level [`Cli`], the [`Command`] enum, start-up and dispatch.
+//! * `commands/<name>.rs`: one module per subcommand.
+//! * `context.rs`: [`Context`], what every command receives (config, repository, key source).
+//! * `config.rs`: the TOML configuration file.
+//! * `error.rs` / `exit.rs`: [`CliError`] and the one table of exit statuses.
+//!
+//! # Adding a subcommand
+//!
+//! 1. Create `src/commands/<name>.rs` with
+//!
+//!    ```ignore
+//!    /// One line of help.
+//!    #[derive(clap::Args, Debug)]
+//!    pub struct Args { /* the command's own options */ }
+//!
+//!    pub async fn run(ctx: &Context, args: Args) -> Result<(), CliError> { ... }
+//!    ```
+//!
+//!    Return `Err(CliError)` for any failure: its [`ErrorClass`](exit::ErrorClass) picks the
+//!    exit status from [`exit::TABLE`], its message goes to stderr. A command that has printed
+//!    its own report (for example `verify` listing findings) returns
+//!    `Err(CliError::silent(class))`. Core errors convert with `?`; add where with
+//!    [`ResultExt::context`](error::ResultExt::context).
+//! 2. Add `pub mod <name>;` to `src/commands/mod.rs`.
+//! 3. Add a variant to [`Command`] (its doc comment is the help line) and a match arm in
+//!    [`dispatch`].
+//! 4. Document it in `docs/cli.md`.
+//!
+//! Start-up stays small because PostgreSQL starts one process per WAL segment: no work before
+//! the arguments are parsed, a current-thread tokio runtime, tracing only to stderr, the store
+//! opened lazily by the command that needs it.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+mod commands;
+mod config;
+#[allow(dead_code)] // used as the WAL commands fill in
+mod context;
+#[allow(dead_code)]
+mod error;
+mod exit;
+
+use context::Context;
+use error::CliError;
+
+/// carta-dr: PostgreSQL disaster recovery.
+#[derive(Parser, Debug)]
+#[command(name = "carta-dr", version, about, propagate_version = true)]
+pub struct Cli {
+    /// Options every command accepts.
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    /// The command to run.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Options every command accepts.
+#[derive(clap::Args, Debug, Clone)]
+pub struct GlobalArgs {
+    /// Repository URL: file:///path, s3://bucket/prefix?endpoint=...&region=..., memory://
+    #[arg(long, global = true, env = "CARTA_DR_REPO", value_name = "URL")]
+    pub repo: Option<String>,
+    /// TOML configuration file.
+    #[arg(long, global = true, env = "CARTA_DR_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// File holding the encryption key (the key itself may come from CARTA_DR_KEY; it is
+    /// never accepted on the command line).
+    #[arg(long, global = true, env = "CARTA_DR_KEY_FILE", value_name = "FILE")]
+    pub key_file: Option<PathBuf>,
+    /// More log output on stderr (-v info, -vv debug, -vvv trace). RUST_LOG overrides.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+}
+
+/// The subcommands.
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Archive a WAL file (archive_command = 'carta-dr wal-push %p').
+    WalPush(commands::wal_push::Args),
+    /// Restore a WAL file (restore_command = 'carta-dr wal-fetch %f %p').
+    WalFetch(commands::wal_fetch::Args),
+    /// List the WAL archive: timelines, ranges, gaps, sizes.
+    WalList(commands::wal_list::Args),
+}
+
+impl Command {
+    /// The subcommand's name as typed, for error messages.
+    fn name(&self) -> &'static str {
+        match self {
+            Command::WalPush(_) => "wal-push",
+            Command::WalFetch(_) => "wal-fetch",
+            Command::WalList(_) => "wal-list",
+        }
+    }
+}
+
+/// Runs one command.
+async fn dispatch(ctx: &Context, command: Command) -> Result<(), CliError> {
+    match command {
+        Command::WalPush(a) => commands::wal_push::run(ctx, a).await,
+        Command::WalFetch(a) => commands::wal_fetch::run(ctx, a).await,
+        Command::WalList(a) => commands::wal_list::run(ctx, a).await,
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return usage_error(e),
+    };
+    init_tracing(cli.global.verbose);
+    let name = cli.command.name();
+    let result = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| CliError::new(exit::ErrorClass::Internal, format!("starting runtime: {e}")))
+        .and_then(|rt| {
+            let r = rt.block_on(async {
+                let ctx = Context::load(&cli.global)?;
+                dispatch(&ctx, cli.command).await
+            });
+            // Do not wait for idle blocking threads at exit.
+            rt.shutdown_background();
+            r
+        });
+    match result {
+        Ok(()) => ExitCode::from(exit::OK),
+        Err(e) => {
+            if !e.message.is_empty() {
+                tracing::debug!(class = ?e.class, "command failed");
+                eprintln!("carta-dr {name}: {e}");
+            }
+            ExitCode::from(e.exit_code())
+        }
+    }
+}
+
+/// Reports a command-line error. `--help` and `--version` exit 0. A bad `wal-fetch` command
+/// line aborts recovery (exit [`exit::RECOVERY_ABORT`]) rather than looking like a missing
+/// file to PostgreSQL.
+fn usage_error(e: clap::Error) -> ExitCode {
+    use clap::error::ErrorKind;
+    let _ = e.print();
+    match e.kind() {
+        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => ExitCode::from(exit::OK),
+        _ if std::env::args().any(|a| a == "wal-fetch") => ExitCode::from(exit::RECOVERY_ABORT),
+        _ => ExitCode::from(exit::ErrorClass::Usage.exit_code()),
+    }
+}
+
+/// Logs to stderr; nothing is set up unless asked for (`-v` or `RUST_LOG`), except errors.
+fn init_tracing(verbose: u8) {
+    use tracing_subscriber::EnvFilter;
+    let filter = match std::env::var("RUST_LOG") {
+        Ok(s) if !s.is_empty() => EnvFilter::new(s),
+        _ => EnvFilter::new(match verbose {
+            0 => "warn",
+            1 => "info",
+            2 => "debug",
+            _ => "trace",
+        }),
+    };
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .try_init();
+}

@@ -1,0 +1,5 @@
+//! One module per subcommand; each exposes `Args` (clap) and `async fn run(ctx, args)`.
+
+pub mod wal_fetch;
+pub mod wal_list;
+pub mod wal_push;

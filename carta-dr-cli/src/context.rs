@@ -1,0 +1,89 @@
+//! What every command receives: the resolved configuration and lazy access to the store.
+//!
+//! Resolution order for each setting: command-line option, then environment variable, then
+//! the configuration file, then the built-in default. Nothing here touches the network or the
+//! repository until a command asks for [`Context::store`].
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use carta_dr_core::Store;
+
+use crate::config::Config;
+use crate::error::CliError;
+use crate::GlobalArgs;
+
+/// The environment variable holding the key itself (raw 32 bytes are impossible in an
+/// environment variable, so: 64 hex digits). Key material is never accepted as a
+/// command-line value, where `ps` would show it.
+pub const KEY_ENV: &str = "CARTA_DR_KEY";
+
+/// Where the encryption key comes from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum KeySource {
+    /// A key file (`--key-file`, `CARTA_DR_KEY_FILE`, or `key_file` in the config).
+    File(PathBuf),
+    /// The `CARTA_DR_KEY` environment variable.
+    Env,
+}
+
+/// The context every command runs in.
+#[derive(Debug)]
+pub struct Context {
+    /// The configuration file's contents (defaults when there is none).
+    pub config: Config,
+    /// The repository URL, if one was given anywhere.
+    pub repo: Option<String>,
+    /// Where the key comes from, if encryption is configured.
+    pub key_source: Option<KeySource>,
+    /// How many `-v` were given.
+    pub verbosity: u8,
+}
+
+impl Context {
+    /// Resolves the global options against the environment and the configuration file.
+    pub fn load(global: &GlobalArgs) -> Result<Context, CliError> {
+        let config = match &global.config {
+            Some(p) => Config::load(p)?,
+            None => Config::default(),
+        };
+        let repo = global.repo.clone().or_else(|| config.repo.clone());
+        let key_source = if let Some(p) = &global.key_file {
+            Some(KeySource::File(p.clone()))
+        } else if std::env::var_os(KEY_ENV).is_some() {
+            Some(KeySource::Env)
+        } else {
+            config.key_file.clone().map(KeySource::File)
+        };
+        Ok(Context {
+            config,
+            repo,
+            key_source,
+            verbosity: global.verbose,
+        })
+    }
+
+    /// The repository URL, or a configuration error saying how to give one.
+    pub fn repo_url(&self) -> Result<&str, CliError> {
+        self.repo.as_deref().ok_or_else(|| {
+            CliError::config(
+                "no repository given: use --repo URL, CARTA_DR_REPO, or `repo` in the config file",
+            )
+        })
+    }
+
+    /// Opens the repository's store.
+    pub async fn store(&self) -> Result<Arc<dyn Store>, CliError> {
+        let url = self.repo_url()?;
+        open_store(url)
+    }
+}
+
+fn open_store(url: &str) -> Result<Arc<dyn Store>, CliError> {
+    if url == "memory://" {
+        return Ok(Arc::new(carta_dr_backends::MemoryStore::new()));
+    }
+    Err(CliError::config(format!(
+        "repository {url}: this build cannot open such a store"
+    )))
+}
