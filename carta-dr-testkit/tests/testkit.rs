@@ -194,16 +194,14 @@ fn s3_env_reaches_moto() {
         ),
     );
     assert!(put.starts_with("HTTP/1.1 200"), "{put}");
-    let get = http(
+    // A real S3 endpoint: an unknown bucket is a 404 NoSuchBucket.
+    let missing = http(
         &s3,
-        &format!(
-            "GET /{}/{key}/obj HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
-            s3.bucket
-        ),
+        "GET /carta-dr-no-such-bucket HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
     );
     assert!(
-        get.starts_with("HTTP/1.1 200") && get.ends_with("hello"),
-        "{get}"
+        missing.starts_with("HTTP/1.1 404") && missing.contains("NoSuchBucket"),
+        "{missing}"
     );
 }
 
