@@ -20,6 +20,7 @@ pub mod error;
 pub mod store;
 pub mod traits;
 pub mod types;
+pub mod wal;
 
 pub use error::{Error, Result};
 pub use store::{
