@@ -1,0 +1,111 @@
+//! Reading the store: the newest archived WAL and the backup, verification and drill records
+//! described in [`super::records`].
+
+use std::collections::HashMap;
+
+use carta_dr_core::{BackupId, Error, Result, Store, StoreExt, StorePath};
+use serde::de::DeserializeOwned;
+
+use super::records::{
+    kind_label, BackupRecord, DrillRecord, VerificationRecord, BACKUPS_PREFIX, BACKUP_RECORD_NAME,
+    DRILL_RECORD_PATH, VERIFY_RECORD_PATH, WAL_PREFIX,
+};
+use super::snapshot::{StoreStatus, WalArchiveStatus};
+
+/// Reads one JSON record: `Ok(None)` when absent, `Err(path)` when present but unreadable.
+async fn read_record<T: DeserializeOwned>(
+    store: &dyn Store,
+    path: &StorePath,
+) -> Result<std::result::Result<Option<T>, String>> {
+    match store.get_bytes(path).await {
+        Ok(bytes) => match serde_json::from_slice(&bytes) {
+            Ok(v) => Ok(Ok(Some(v))),
+            Err(e) => {
+                tracing::warn!(%path, error = %e, "unreadable monitor record");
+                Ok(Err(path.to_string()))
+            }
+        },
+        Err(Error::NotFound { .. }) => Ok(Ok(None)),
+        Err(Error::Corrupt { .. }) => Ok(Err(path.to_string())),
+        Err(e) => Err(e),
+    }
+}
+
+fn path(s: &str) -> Result<StorePath> {
+    StorePath::new(s)
+}
+
+/// Reads everything the monitor exports about the store. A store error (unreachable,
+/// listing failed) is an `Err`; a record that is present but does not parse is listed in
+/// [`StoreStatus::unreadable`] and otherwise ignored.
+pub async fn read_store(store: &dyn Store) -> Result<StoreStatus> {
+    let mut status = StoreStatus::default();
+
+    // Archived WAL: the newest object by modification time.
+    let wal = store.list(Some(&path(WAL_PREFIX)?)).await?;
+    if let Some(newest) = wal.iter().max_by_key(|m| m.last_modified) {
+        status.wal = Some(WalArchiveStatus {
+            newest_path: newest.path.to_string(),
+            newest_modified: newest.last_modified,
+            objects: wal.len() as u64,
+            bytes: wal.iter().map(|m| m.size).sum(),
+        });
+    }
+
+    // Backups: ids from `backups/<id>/backup.json`, newest first.
+    let listing = store.list(Some(&path(BACKUPS_PREFIX)?)).await?;
+    let mut ids: Vec<(BackupId, StorePath)> = listing
+        .into_iter()
+        .filter(|m| m.path.file_name() == BACKUP_RECORD_NAME)
+        .filter_map(|m| {
+            let mut segs = m.path.segments();
+            let (_, id, _) = (segs.next()?, segs.next()?, segs.next()?);
+            if segs.next().is_some() {
+                return None;
+            }
+            Some((id.parse::<BackupId>().ok()?, m.path.clone()))
+        })
+        .collect();
+    ids.sort_by(|a, b| b.0.cmp(&a.0));
+    status.backup_count = ids.len() as u64;
+    // Read newest first until every kind seen has two records (or a bounded number of
+    // reads), so the cost stays flat as backups accumulate.
+    const MAX_READS: usize = 16;
+    let mut per_kind: HashMap<&'static str, usize> = HashMap::new();
+    for (_, p) in ids.iter().take(MAX_READS) {
+        match read_record::<BackupRecord>(store, p).await? {
+            Ok(Some(r)) => {
+                let n = per_kind.entry(kind_label(r.kind)).or_default();
+                if *n < 2 {
+                    *n += 1;
+                    status.recent_backups.push(r);
+                }
+            }
+            Ok(None) => {}
+            Err(bad) => status.unreadable.push(bad),
+        }
+        if per_kind.len() >= 3 && per_kind.values().all(|n| *n >= 2) {
+            break;
+        }
+    }
+    if let Some((_, p)) = ids.last() {
+        match read_record::<BackupRecord>(store, p).await? {
+            Ok(r) => status.oldest_backup = r,
+            Err(bad) => {
+                if !status.unreadable.contains(&bad) {
+                    status.unreadable.push(bad)
+                }
+            }
+        }
+    }
+
+    match read_record::<VerificationRecord>(store, &path(VERIFY_RECORD_PATH)?).await? {
+        Ok(r) => status.verification = r,
+        Err(bad) => status.unreadable.push(bad),
+    }
+    match read_record::<DrillRecord>(store, &path(DRILL_RECORD_PATH)?).await? {
+        Ok(r) => status.drill = r,
+        Err(bad) => status.unreadable.push(bad),
+    }
+    Ok(status)
+}
