@@ -1241,6 +1241,10 @@ fn splitmix64(mut z: u64) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::MemoryStore;
+    use async_trait::async_trait;
+    use carta_dr_core::{Capabilities, GetResult, ObjectWriter, PutMode};
+    use std::fmt;
 
     #[test]
     fn pattern_is_seekable() {
@@ -1260,5 +1264,154 @@ mod tests {
             );
         }
         assert_ne!(pattern(7, 0, 64), pattern(8, 0, 64));
+    }
+
+    /// A store with one deliberate contract violation, to prove the suite catches it.
+    #[derive(Debug)]
+    struct Broken {
+        inner: MemoryStore,
+        bug: Bug,
+    }
+
+    #[derive(Debug, Clone, Copy, PartialEq)]
+    enum Bug {
+        UnsortedList,
+        NotFoundAsBackendError,
+        CreateOverwrites,
+        ShortRead,
+        CapabilitiesLie,
+        WriterVisibleEarly,
+    }
+
+    impl fmt::Display for Broken {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            write!(f, "Broken({:?})", self.bug)
+        }
+    }
+
+    #[async_trait]
+    impl Store for Broken {
+        async fn put(&self, path: &StorePath, data: Bytes, mut opts: PutOptions) -> Result<()> {
+            if self.bug == Bug::CreateOverwrites {
+                opts.mode = PutMode::Overwrite;
+                tokio::task::yield_now().await;
+            }
+            self.inner.put(path, data, opts).await
+        }
+        async fn put_writer(
+            &self,
+            path: &StorePath,
+            opts: PutOptions,
+        ) -> Result<Box<dyn ObjectWriter>> {
+            if self.bug == Bug::WriterVisibleEarly {
+                self.inner
+                    .put(path, Bytes::new(), PutOptions::default())
+                    .await?;
+            }
+            self.inner.put_writer(path, opts).await
+        }
+        async fn get(&self, path: &StorePath, range: Option<Range<u64>>) -> Result<GetResult> {
+            let got = self.inner.get(path, range).await?;
+            if self.bug != Bug::ShortRead {
+                return Ok(got);
+            }
+            let (meta, range) = (got.meta.clone(), got.range.clone());
+            let all = got.bytes().await?;
+            let short = all.slice(..all.len().saturating_sub(1));
+            Ok(GetResult {
+                meta,
+                range,
+                stream: stream::once(async move { Ok(short) }).boxed(),
+            })
+        }
+        async fn head(&self, path: &StorePath) -> Result<ObjectMeta> {
+            match self.inner.head(path).await {
+                Err(Error::NotFound { path }) if self.bug == Bug::NotFoundAsBackendError => {
+                    Err(Error::Backend {
+                        backend: "broken",
+                        context: path,
+                        message: "404".into(),
+                        retryable: false,
+                    })
+                }
+                r => r,
+            }
+        }
+        async fn list(&self, prefix: Option<&StorePath>) -> Result<Vec<ObjectMeta>> {
+            let mut l = self.inner.list(prefix).await?;
+            if self.bug == Bug::UnsortedList {
+                l.reverse();
+            }
+            Ok(l)
+        }
+        async fn delete(&self, path: &StorePath) -> Result<()> {
+            self.inner.delete(path).await
+        }
+        fn capabilities(&self) -> Capabilities {
+            let mut c = self.inner.capabilities();
+            if self.bug == Bug::CapabilitiesLie {
+                c.atomic_create = false;
+            }
+            c
+        }
+    }
+
+    fn broken(bug: Bug) -> Broken {
+        Broken {
+            inner: MemoryStore::new(),
+            bug,
+        }
+    }
+
+    fn small() -> SuiteOptions {
+        SuiteOptions {
+            medium_object_size: MIB,
+            big_object_size: 3 * MIB,
+            part_size: MIB as usize,
+            list_keys: 100,
+            ..SuiteOptions::default()
+        }
+    }
+
+    #[tokio::test]
+    #[should_panic(expected = "is not sorted")]
+    async fn catches_unsorted_listing() {
+        list_prefix_is_segment_wise(&broken(Bug::UnsortedList), &small()).await;
+    }
+
+    #[tokio::test]
+    #[should_panic(expected = "expected NotFound")]
+    async fn catches_not_found_reported_as_another_error() {
+        not_found_is_distinct(&broken(Bug::NotFoundAsBackendError), &small()).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[should_panic(expected = "expected exactly one")]
+    async fn catches_non_atomic_create() {
+        let s: Arc<dyn Store> = Arc::new(broken(Bug::CreateOverwrites));
+        create_only_is_atomic(&s, &small()).await;
+    }
+
+    #[tokio::test]
+    #[should_panic(expected = "read back")]
+    async fn catches_short_reads() {
+        round_trip_medium(&broken(Bug::ShortRead), &small()).await;
+    }
+
+    #[tokio::test]
+    #[should_panic(expected = "must answer NotSupported")]
+    async fn catches_capabilities_that_lie() {
+        put_overwrite_semantics(&broken(Bug::CapabilitiesLie), &small()).await;
+    }
+
+    #[tokio::test]
+    #[should_panic(expected = "while being written")]
+    async fn catches_writes_visible_before_completion() {
+        abandoned_writer_leaves_nothing(&broken(Bug::WriterVisibleEarly), &small()).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn memory_store_passes_with_small_sizes() {
+        run_all(Arc::new(MemoryStore::new()), small()).await;
     }
 }

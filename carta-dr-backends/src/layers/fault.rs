@@ -96,6 +96,8 @@ pub struct FaultCounts {
     pub dropped: u64,
     /// Writes torn (half stored, an error reported).
     pub torn: u64,
+    /// Writes stored whole but reported as failed (a lost acknowledgement).
+    pub acks_lost: u64,
 }
 
 /// Builds the error of an injected failure from the operation and the path (empty for a
@@ -123,6 +125,7 @@ struct State {
     flip: BitFlip,
     drop_writes: u32,
     tear_writes: u32,
+    lose_acks: u32,
     counts: FaultCounts,
     rng: StdRng,
 }
@@ -151,6 +154,7 @@ impl FaultHandle {
                 flip: BitFlip::Random,
                 drop_writes: 0,
                 tear_writes: 0,
+                lose_acks: 0,
                 counts: FaultCounts::default(),
                 rng,
             })),
@@ -216,6 +220,13 @@ impl FaultHandle {
         self.lock().tear_writes = n;
     }
 
+    /// Makes the next `n` writes (`put`, or a `put_writer` opened while armed) store the
+    /// object whole and then report a retryable `Unavailable`, as when a backend's answer
+    /// is lost after the write took effect: the ambiguous failure a retry must resolve.
+    pub fn lose_next_acks(&self, n: u32) {
+        self.lock().lose_acks = n;
+    }
+
     /// Disarms every fault (counters are kept).
     pub fn clear(&self) {
         let mut s = self.lock();
@@ -223,6 +234,7 @@ impl FaultHandle {
         s.flips = 0;
         s.drop_writes = 0;
         s.tear_writes = 0;
+        s.lose_acks = 0;
     }
 
     /// The faults injected so far.
@@ -273,7 +285,7 @@ impl FaultHandle {
         Ok(())
     }
 
-    /// Takes one armed write fault, dropping before tearing.
+    /// Takes one armed write fault: dropping before tearing before losing the answer.
     fn take_write_fault(&self) -> WriteFault {
         let mut s = self.lock();
         if s.drop_writes > 0 {
@@ -284,6 +296,10 @@ impl FaultHandle {
             s.tear_writes -= 1;
             s.counts.torn += 1;
             WriteFault::Tear
+        } else if s.lose_acks > 0 {
+            s.lose_acks -= 1;
+            s.counts.acks_lost += 1;
+            WriteFault::LoseAck
         } else {
             WriteFault::None
         }
@@ -316,6 +332,13 @@ enum WriteFault {
     None,
     Drop,
     Tear,
+    LoseAck,
+}
+
+fn lost_ack_error(path: &StorePath) -> Error {
+    Error::Unavailable {
+        what: format!("injected fault: the answer to the write of {path} was lost"),
+    }
 }
 
 fn torn_error(path: &StorePath, stored: usize, total: usize) -> Error {
@@ -325,7 +348,7 @@ fn torn_error(path: &StorePath, stored: usize, total: usize) -> Error {
 }
 
 /// Injects faults into the calls of an inner store, as armed through its [`FaultHandle`]:
-/// failed calls, latency, flipped bits in reads, dropped writes and torn writes. With
+/// failed calls, latency, flipped bits in reads, dropped, torn and unacknowledged writes. With
 /// nothing armed it is a transparent pass-through (it still counts calls).
 ///
 /// Put it innermost, directly around the backend, so that injected faults look like backend
@@ -428,6 +451,10 @@ impl<S: Store> Store for FaultStore<S> {
                 self.inner.put(path, half, opts).await?;
                 Err(torn_error(path, stored, data.len()))
             }
+            WriteFault::LoseAck => {
+                self.inner.put(path, data, opts).await?;
+                Err(lost_ack_error(path))
+            }
         }
     }
 
@@ -448,6 +475,13 @@ impl<S: Store> Store for FaultStore<S> {
                     inner: Some(inner),
                     path: path.clone(),
                     buf: BytesMut::new(),
+                }))
+            }
+            WriteFault::LoseAck => {
+                let inner = self.inner.put_writer(path, opts).await?;
+                Ok(Box::new(AckLosingWriter {
+                    inner,
+                    path: path.clone(),
                 }))
             }
         }
@@ -537,5 +571,25 @@ impl ObjectWriter for TearingWriter {
             Some(w) => w.abort().await,
             None => Ok(()),
         }
+    }
+}
+
+/// A streaming write whose completion takes effect but is reported as failed.
+struct AckLosingWriter {
+    inner: Box<dyn ObjectWriter>,
+    path: StorePath,
+}
+
+#[async_trait]
+impl ObjectWriter for AckLosingWriter {
+    async fn write(&mut self, data: Bytes) -> Result<()> {
+        self.inner.write(data).await
+    }
+    async fn complete(self: Box<Self>) -> Result<()> {
+        self.inner.complete().await?;
+        Err(lost_ack_error(&self.path))
+    }
+    async fn abort(self: Box<Self>) -> Result<()> {
+        self.inner.abort().await
     }
 }
