@@ -19,4 +19,5 @@ mod open;
 #[cfg(feature = "s3")]
 mod s3;
 
+pub use local::{LocalOptions, LocalStore};
 pub use memory::MemoryStore;
