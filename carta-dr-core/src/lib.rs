@@ -16,7 +16,9 @@
 #![warn(missing_docs)]
 
 pub mod envelope;
+pub mod catalog;
 pub mod error;
+pub mod manifest;
 pub mod store;
 pub mod traits;
 pub mod types;

@@ -4,9 +4,11 @@
 //!
 //! * [`replication`]: our own replication-protocol client on `postgres-protocol` over tokio
 //!   (`IDENTIFY_SYSTEM`, `BASE_BACKUP`), the physical base backup and its restore.
+//! * [`restore`]: restore of a physical backup with its recovery configuration.
 //! * [`monitor`]: the replication monitor, its Prometheus exporter and alert rules.
 
 #![warn(missing_docs)]
 
 pub mod monitor;
 pub mod replication;
+pub mod restore;
