@@ -1,1 +1,0 @@
-//! The stored-object envelope. (Being written.)
