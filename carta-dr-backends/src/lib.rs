@@ -21,3 +21,5 @@ mod s3;
 
 pub use local::{LocalOptions, LocalStore};
 pub use memory::MemoryStore;
+#[cfg(feature = "s3")]
+pub use s3::{S3Config, S3Store};
