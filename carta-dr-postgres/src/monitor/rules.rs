@@ -215,7 +215,7 @@ pub fn replication_rules(config: &MonitorConfig) -> RuleFile {
             ),
             f,
             TICKET,
-            "Standby {{ $labels.application_name }} of {{ $labels.cluster }} lags {{ $value | humanizeDuration }}",
+            "Standby {{ $labels.application_name }} of {{ $labels.cluster }} lags behind",
             &format!("Replay lag is above {} s.", num(t.lag_warning_seconds)),
         ),
         alert(
@@ -226,7 +226,7 @@ pub fn replication_rules(config: &MonitorConfig) -> RuleFile {
             ),
             f,
             PAGE,
-            "Standby {{ $labels.application_name }} of {{ $labels.cluster }} lags {{ $value | humanizeDuration }}",
+            "Standby {{ $labels.application_name }} of {{ $labels.cluster }} lags far behind",
             &format!("Replay lag is above {} s.", num(t.lag_critical_seconds)),
         ),
         alert(
