@@ -21,5 +21,6 @@ mod s3;
 
 pub use local::{LocalOptions, LocalStore};
 pub use memory::MemoryStore;
+pub use open::open;
 #[cfg(feature = "s3")]
 pub use s3::{S3Config, S3Store};
