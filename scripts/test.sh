@@ -8,16 +8,14 @@
 #   CARTA_DR_SKIP_INSTALL=1    # do not touch apt/pip (use what is installed)
 #   CARTA_DR_TEST_RUNNER=cargo # use `cargo test` even when cargo-nextest is installed
 #
-# Fails on the first failing step and prints a timing summary.
+# Fails on the first failing step and prints a timing summary. To run one crate's tests with the
+# S3 server up: scripts/s3-server.sh cargo test -p CRATE --all-features
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 
-MOTO_VERSION="5.2.5"
-S3_BUCKET="carta-dr-test"
 TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
-VENV="$TARGET_DIR/moto-venv"
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 export DEBIAN_FRONTEND=noninteractive
 
@@ -69,8 +67,8 @@ install_packages() {
     fi
     [ "$(id -u)" -eq 0 ] || die "missing packages ${missing[*]}; run as root or: sudo apt-get install -y ${missing[*]}"
     echo "installing: ${missing[*]}"
-    apt-get update -q </dev/null
-    apt-get install -y -q --no-install-recommends "${missing[@]}" </dev/null
+    apt-get update -q </dev/null || return 1
+    apt-get install -y -q --no-install-recommends "${missing[@]}" </dev/null || return 1
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -86,65 +84,13 @@ check_rust() {
 }
 
 # ---------------------------------------------------------------------------------------------
-# 3. moto_server (the S3-compatible server) in a venv under target/.
+# 3. moto_server (the S3-compatible server): install_moto, start_moto, stop_moto.
 # ---------------------------------------------------------------------------------------------
-install_moto() {
-    if [ -x "$VENV/bin/moto_server" ] &&
-        [ "$("$VENV/bin/python" -c 'import importlib.metadata as m; print(m.version("moto"))' 2>/dev/null)" = "$MOTO_VERSION" ]; then
-        echo "moto $MOTO_VERSION already in $VENV"
-        return 0
-    fi
-    local py=/usr/bin/python3
-    [ -x "$py" ] || py="$(command -v python3)" || die "python3 not found: apt-get install -y python3 python3-venv"
-    rm -rf "$VENV"
-    "$py" -m venv "$VENV" || die "cannot create a venv: apt-get install -y python3-venv"
-    "$VENV/bin/pip" install -q "moto[server]==$MOTO_VERSION" </dev/null
-    "$VENV/bin/python" -c 'import importlib.metadata as m; print("moto", m.version("moto"))'
-}
-
-MOTO_PID=""
-stop_moto() {
-    if [ -n "$MOTO_PID" ] && kill -0 "$MOTO_PID" 2>/dev/null; then
-        kill "$MOTO_PID" 2>/dev/null || true
-        wait "$MOTO_PID" 2>/dev/null || true
-    fi
-    MOTO_PID=""
-}
+# shellcheck source=scripts/s3-server.sh
+. "$ROOT/scripts/s3-server.sh"
 trap stop_moto EXIT
 trap 'stop_moto; exit 130' INT
 trap 'stop_moto; exit 143' TERM
-
-free_port() {
-    "$VENV/bin/python" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
-
-start_moto() {
-    local log="$TARGET_DIR/moto.log" port attempt i
-    for attempt in 1 2 3; do
-        port="$(free_port)"
-        "$VENV/bin/moto_server" -H 127.0.0.1 -p "$port" >"$log" 2>&1 </dev/null &
-        MOTO_PID=$!
-        # Poll until it answers (at most ~30 s), or until it dies (port taken meanwhile).
-        for i in $(seq 1 150); do
-            if curl -fsS -o /dev/null "http://127.0.0.1:$port/" 2>/dev/null; then
-                curl -fsS -o /dev/null -X PUT "http://127.0.0.1:$port/$S3_BUCKET" ||
-                    die "moto_server answers but bucket creation failed (log: $log)"
-                export CARTA_DR_TEST_S3_ENDPOINT="http://127.0.0.1:$port"
-                export CARTA_DR_TEST_S3_BUCKET="$S3_BUCKET"
-                export AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=test
-                export AWS_REGION=us-east-1 AWS_DEFAULT_REGION=us-east-1 AWS_ALLOW_HTTP=true
-                echo "moto_server $MOTO_VERSION on $CARTA_DR_TEST_S3_ENDPOINT (pid $MOTO_PID), bucket $S3_BUCKET"
-                return 0
-            fi
-            kill -0 "$MOTO_PID" 2>/dev/null || break
-            sleep 0.2
-        done
-        echo "moto_server did not come up on port $port (attempt $attempt); log:"
-        tail -n 20 "$log" || true
-        stop_moto
-    done
-    die "moto_server failed to start (log: $log)"
-}
 
 # ---------------------------------------------------------------------------------------------
 # 4. The checks.
