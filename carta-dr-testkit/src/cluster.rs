@@ -317,6 +317,12 @@ impl PgCluster {
         if self.is_running() {
             panic!("cluster on port {} is already running", self.port);
         }
+        self.reap();
+        // A postmaster.pid left by a crash whose process is gone or a zombie (PID 1 of a
+        // container may never reap it) would make postgres refuse to start.
+        if read_pid_file(&self.data_dir).is_some_and(|pf| !process_alive(pf.pid)) {
+            let _ = std::fs::remove_file(self.data_dir.join("postmaster.pid"));
+        }
         for attempt in 1..=BIND_ATTEMPTS {
             let log_path = self.log_path();
             let log = OpenOptions::new()
