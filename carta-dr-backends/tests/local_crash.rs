@@ -24,6 +24,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use carta_dr_backends::{LocalOptions, LocalStore};
+use carta_dr_core::envelope::{open, seal, EnvelopeOptions};
 use carta_dr_core::{PutOptions, Store, StoreExt, StorePath};
 use rand::rngs::StdRng;
 use rand::{Rng, RngCore, SeedableRng};
@@ -72,28 +73,18 @@ fn store_at(root: &Path) -> LocalStore {
     .expect("open the local store")
 }
 
-/// A self-verifying object holding `payload`: `[len: u64 LE][crc32c: u32 LE][payload]`.
-fn encode(_path: &StorePath, payload: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(payload.len() + 12);
-    out.extend_from_slice(&(payload.len() as u64).to_le_bytes());
-    out.extend_from_slice(&crc32c::crc32c(payload).to_le_bytes());
-    out.extend_from_slice(payload);
-    out
+/// A self-verifying object holding `payload`: carta-dr's envelope (CRC-32C per chunk and a
+/// trailer, so a truncated or partial object never opens).
+fn encode(payload: &[u8]) -> Vec<u8> {
+    let opts = EnvelopeOptions::uncompressed().with_chunk_size(256 * 1024);
+    seal(&opts, payload).expect("seal")
 }
 
-/// Decodes and verifies an object; `Err` says what is wrong.
-fn verify(_path: &StorePath, bytes: &[u8]) -> Result<usize, String> {
-    let (len, rest) = bytes.split_at_checked(8).ok_or("shorter than its header")?;
-    let (crc, payload) = rest.split_at_checked(4).ok_or("shorter than its header")?;
-    let len = u64::from_le_bytes(len.try_into().map_err(|_| "header")?);
-    if len != payload.len() as u64 {
-        return Err(format!("header says {len} bytes, holds {}", payload.len()));
-    }
-    let crc = u32::from_le_bytes(crc.try_into().map_err(|_| "header")?);
-    if crc != crc32c::crc32c(payload) {
-        return Err("crc32c mismatch".into());
-    }
-    Ok(payload.len())
+/// Opens and verifies an object; `Err` says what is wrong.
+fn verify(path: &StorePath, bytes: &[u8]) -> Result<usize, String> {
+    open(path.as_str(), bytes, None)
+        .map(|payload| payload.len())
+        .map_err(|e| e.to_string())
 }
 
 /// The child: writes until killed, printing `DONE <path>` after each completed write.
@@ -111,7 +102,7 @@ async fn child(root: PathBuf, generation: u32) {
         } else {
             StorePath::new(format!("c/{generation:04}/{k:05}")).expect("path")
         };
-        let body = encode(&path, &payload);
+        let body = encode(&payload);
         let opts = if overwrite {
             PutOptions::overwrite()
         } else {
