@@ -16,6 +16,7 @@
 #![warn(missing_docs)]
 
 pub mod envelope;
+pub mod archive;
 pub mod catalog;
 pub mod error;
 pub mod manifest;
