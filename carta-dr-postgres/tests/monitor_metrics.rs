@@ -11,6 +11,7 @@ use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use carta_dr_backends::MemoryStore;
+use carta_dr_core::envelope::{self, EnvelopeOptions};
 use carta_dr_core::traits::{BackupKind, Verdict};
 use carta_dr_core::{BackupId, Lsn, PutOptions, Store, StorePath};
 use carta_dr_postgres::monitor::metrics::Metrics;
@@ -30,8 +31,8 @@ fn backup(secs: u64, kind: BackupKind, size: u64) -> BackupRecord {
     BackupRecord {
         id: BackupId::from_time(t(secs)),
         kind,
-        start_time: t(secs - 60),
-        stop_time: t(secs),
+        start_time: secs - 60,
+        stop_time: secs,
         original_size: size,
         stored_size: size / 2,
     }
@@ -114,7 +115,7 @@ fn full_snapshot() -> Snapshot {
         store: Some(Probe::Up {
             status: StoreStatus {
                 wal: Some(WalArchiveStatus {
-                    newest_path: "wal/000000010000000000000003".into(),
+                    newest_path: "wal/00000001/00000000/000000010000000000000003".into(),
                     newest_modified: t(1_700_000_100),
                     objects: 3,
                     bytes: 3 << 24,
@@ -128,12 +129,12 @@ fn full_snapshot() -> Snapshot {
                 oldest_backup: Some(backup(1_699_980_000, BackupKind::Logical, 500)),
                 verification: Some(VerificationRecord {
                     subject: "wal".into(),
-                    finished_at: t(1_700_000_060),
+                    finished_at: 1_700_000_060,
                     verdict: Verdict::Clean,
                     findings: 0,
                 }),
                 drill: Some(DrillRecord {
-                    finished_at: t(1_700_000_070),
+                    finished_at: 1_700_000_070,
                     success: true,
                     rto_seconds: 42.0,
                     rpo_seconds: Some(1.5),
@@ -350,7 +351,9 @@ fn absent_records_export_nothing() {
 #[tokio::test]
 async fn records_are_read_from_the_store() {
     let store = MemoryStore::new();
-    let put = |p: &str, v: String| {
+    let opts = EnvelopeOptions::zstd(3);
+    // Records are sealed like every object carta-dr writes; `raw` writes bytes as they are.
+    let raw = |p: &str, v: Vec<u8>| {
         let store = &store;
         let p = StorePath::new(p).unwrap();
         async move {
@@ -360,23 +363,27 @@ async fn records_are_read_from_the_store() {
                 .unwrap()
         }
     };
-    put("wal/000000010000000000000001", "a".into()).await;
-    put("wal/000000010000000000000002", "bb".into()).await;
+    let put = |p: &'static str, v: String| {
+        let sealed = envelope::seal(&opts, v.as_bytes()).unwrap();
+        raw(p, sealed)
+    };
+    raw("wal/00000001/00000000/000000010000000000000001", vec![1]).await;
+    raw("wal/00000001/00000000/000000010000000000000002", vec![1, 2]).await;
+    // Not segments: they do not count as archived WAL.
+    raw("wal/cluster.json", vec![0; 100]).await;
+    raw("wal/history/00000002.history", vec![0; 100]).await;
     let older = backup(1_699_000_000, BackupKind::Full, 1000);
     let newer = backup(1_700_000_000, BackupKind::Full, 1500);
     for b in [&older, &newer] {
-        put(
-            &format!("backups/{}/backup.json", b.id),
-            serde_json::to_string(b).unwrap(),
-        )
-        .await;
+        let path: &'static str = format!("backups/{}/backup.json", b.id).leak();
+        put(path, serde_json::to_string(b).unwrap()).await;
     }
     put("backups/not-an-id/backup.json", "{}".into()).await;
     put(
         "status/verify.json",
         serde_json::to_string(&VerificationRecord {
             subject: "wal".into(),
-            finished_at: t(1_700_000_000),
+            finished_at: 1_700_000_000,
             verdict: Verdict::Corrupt,
             findings: 2,
         })
@@ -385,7 +392,7 @@ async fn records_are_read_from_the_store() {
     .await;
     put("status/drill.json", "not json".into()).await;
 
-    let st = read_store(&store).await.unwrap();
+    let st = read_store(&store, None).await.unwrap();
     let wal = st.wal.as_ref().unwrap();
     assert_eq!((wal.objects, wal.bytes), (2, 3));
     assert_eq!(st.backup_count, 2);

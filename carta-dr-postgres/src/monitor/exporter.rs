@@ -14,6 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
+use carta_dr_core::envelope::Key;
 use carta_dr_core::{Error, Result, Store};
 use http_body_util::Full;
 use hyper::body::Incoming;
@@ -40,6 +41,7 @@ pub struct Monitor {
     primary: Option<PgTarget>,
     standbys: Vec<PgTarget>,
     store: Option<Arc<dyn Store>>,
+    key: Option<Arc<Key>>,
     last_store: tokio::sync::Mutex<Option<(Instant, Probe<StoreStatus>)>>,
     metrics: Mutex<Metrics>,
     queries: Arc<AtomicU64>,
@@ -77,9 +79,16 @@ impl Monitor {
             primary,
             standbys,
             store,
+            key: None,
             last_store: tokio::sync::Mutex::new(None),
             queries,
         })
+    }
+
+    /// Sets the key that opens encrypted records in the store.
+    pub fn with_key(mut self, key: Option<Arc<Key>>) -> Monitor {
+        self.key = key;
+        self
     }
 
     /// The configuration.
@@ -130,20 +139,23 @@ impl Monitor {
             // Listing a large archive can be slow: the store gets a longer budget than a
             // database poll, bounded by its own interval.
             let budget = self.config.timeout().max(self.config.store_interval() / 2);
-            let probe = match tokio::time::timeout(budget, read_store(store.as_ref())).await {
-                Ok(Ok(status)) => Probe::Up {
-                    status,
-                    took: start.elapsed(),
-                },
-                Ok(Err(e)) => Probe::Down {
-                    error: e.to_string(),
-                    took: start.elapsed(),
-                },
-                Err(_) => Probe::Down {
-                    error: format!("reading store {store} timed out after {budget:?}"),
-                    took: start.elapsed(),
-                },
-            };
+            let probe =
+                match tokio::time::timeout(budget, read_store(store.as_ref(), self.key.as_deref()))
+                    .await
+                {
+                    Ok(Ok(status)) => Probe::Up {
+                        status,
+                        took: start.elapsed(),
+                    },
+                    Ok(Err(e)) => Probe::Down {
+                        error: e.to_string(),
+                        took: start.elapsed(),
+                    },
+                    Err(_) => Probe::Down {
+                        error: format!("reading store {store} timed out after {budget:?}"),
+                        took: start.elapsed(),
+                    },
+                };
             if let Probe::Down { error, .. } = &probe {
                 tracing::warn!(%store, %error, "monitor: store unreadable");
             }

@@ -84,10 +84,10 @@ families! {
     standby_last_replay: GaugeFamily = ("standby_last_replay_timestamp", "pg_last_xact_replay_timestamp() of the standby.", Some(Unit::Seconds)),
     standby_receiver_streaming: GaugeFamily = ("standby_wal_receiver_streaming", "1 when the standby's WAL receiver status is streaming.", None),
     standby_receiver_age: GaugeFamily = ("standby_wal_receiver_last_message_age", "Time since the WAL receiver last heard from the primary.", Some(Unit::Seconds)),
-    wal_newest: GaugeFamily = ("wal_archive_newest_timestamp", "Modification time of the newest object under wal/ in the store.", Some(Unit::Seconds)),
-    wal_newest_age: GaugeFamily = ("wal_archive_newest_age", "Age of the newest object under wal/ at the last store read.", Some(Unit::Seconds)),
-    wal_objects: GaugeFamily = ("wal_archive_objects", "Objects under wal/ in the store.", None),
-    wal_stored: GaugeFamily = ("wal_archive_stored", "Stored size of the objects under wal/.", Some(Unit::Bytes)),
+    wal_newest: GaugeFamily = ("wal_archive_newest_timestamp", "Modification time of the newest WAL segment in the store.", Some(Unit::Seconds)),
+    wal_newest_age: GaugeFamily = ("wal_archive_newest_age", "Age of the newest WAL segment in the store at the last store read.", Some(Unit::Seconds)),
+    wal_objects: GaugeFamily = ("wal_archive_segments", "WAL segments in the store.", None),
+    wal_stored: GaugeFamily = ("wal_archive_stored", "Stored size of the WAL segments in the store.", Some(Unit::Bytes)),
     backup_records: GaugeFamily = ("backup_records", "Backup records in the store.", None),
     backup_last: GaugeFamily = ("backup_last_timestamp", "Finish time of the newest backup of the kind.", Some(Unit::Seconds)),
     backup_last_size: GaugeFamily = ("backup_last_size", "Original size of the newest backup of the kind.", Some(Unit::Bytes)),
@@ -516,7 +516,7 @@ impl Metrics {
             }
             kinds_done.push(kind);
             let k = l(&[("kind", kind)]);
-            set(&f.backup_last, k.clone(), unix(r.stop_time));
+            set(&f.backup_last, k.clone(), r.stop_time as f64);
             set(&f.backup_last_size, k.clone(), r.original_size as f64);
             set(&f.backup_last_stored, k.clone(), r.stored_size as f64);
             if let Some(prev) = st
@@ -529,7 +529,7 @@ impl Metrics {
             }
         }
         if let Some(v) = &st.verification {
-            set(&f.verification_last, Vec::new(), unix(v.finished_at));
+            set(&f.verification_last, Vec::new(), v.finished_at as f64);
             for verdict in VERDICTS {
                 set(
                     &f.verification_verdict,
@@ -540,7 +540,7 @@ impl Metrics {
             set(&f.verification_findings, Vec::new(), v.findings as f64);
         }
         if let Some(d) = &st.drill {
-            set(&f.drill_last, Vec::new(), unix(d.finished_at));
+            set(&f.drill_last, Vec::new(), d.finished_at as f64);
             set(&f.drill_success, Vec::new(), b(d.success));
             set(&f.drill_rto, Vec::new(), d.rto_seconds);
             if let Some(rpo) = d.rpo_seconds {
@@ -548,7 +548,7 @@ impl Metrics {
             }
         }
         if let (Some(oldest), Some(w)) = (&st.oldest_backup, &st.wal) {
-            let start = unix(oldest.stop_time);
+            let start = oldest.stop_time as f64;
             let end = unix(w.newest_modified);
             if end >= start {
                 set(&f.pitr_start, Vec::new(), start);

@@ -2,16 +2,17 @@
 //!
 //! | record | path in the store | written by |
 //! |---|---|---|
-//! | archived WAL | any object under `wal/` (the newest by modification time counts) | the WAL archiver |
-//! | backup | `backups/<BackupId>/backup.json`, a [`BackupRecord`] (a subset of the catalog entry, so a full `CatalogEntry` document reads as one) | `carta-dr backup` |
-//! | last verification | `status/verify.json`, a [`VerificationRecord`] | `carta-dr verify` |
-//! | last recovery drill | `status/drill.json`, a [`DrillRecord`] | `carta-dr drill` |
+//! | archived WAL | WAL segments under `wal/` (`wal/<TLI>/<LOG>/<SEGMENT>`; the newest by modification time counts) | `carta-dr wal-push` |
+//! | backup | `backups/<BackupId>/backup.json`: the catalog's `carta_dr_core::catalog::BackupRecord`, of which the monitor reads the fields of [`BackupRecord`] | `carta-dr backup` |
+//! | last verification | `status/verify.json`, a [`VerificationRecord`] | `carta-dr verify` (to come) |
+//! | last recovery drill | `status/drill.json`, a [`DrillRecord`] | `carta-dr drill` (to come) |
+//!
+//! Records are JSON sealed in the envelope (`carta_dr_core::envelope`) like every object
+//! carta-dr writes, so the monitor needs the repository key when the repository is encrypted.
 //!
 //! A record that does not exist exports nothing: no metric is invented for it (no fake
 //! zeros). `carta_dr_records_found{record=...}` says, for every record kind, whether the
 //! monitor found one, so an alert can tell "never ran" from "ran long ago".
-
-use std::time::SystemTime;
 
 use carta_dr_core::traits::{BackupKind, Verdict};
 use carta_dr_core::BackupId;
@@ -28,18 +29,19 @@ pub const VERIFY_RECORD_PATH: &str = "status/verify.json";
 /// Where the last drill's record is.
 pub const DRILL_RECORD_PATH: &str = "status/drill.json";
 
-/// What the monitor reads of a backup. Field names and encodings are those of
-/// `carta_dr_core::traits::CatalogEntry`, whose JSON therefore parses as a `BackupRecord`.
+/// What the monitor reads of a catalog record. Field names and encodings are those of
+/// `carta_dr_core::catalog::BackupRecord`, whose JSON therefore parses as a `BackupRecord`
+/// (other fields are ignored).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BackupRecord {
     /// The backup's id.
     pub id: BackupId,
     /// Full, incremental or logical.
     pub kind: BackupKind,
-    /// When it started.
-    pub start_time: SystemTime,
-    /// When it finished (the backup is restorable from this point on).
-    pub stop_time: SystemTime,
+    /// When it started, in seconds since the Unix epoch.
+    pub start_time: u64,
+    /// When it finished (restorable from this point on), in seconds since the Unix epoch.
+    pub stop_time: u64,
     /// Bytes before compression: the size of what was backed up.
     pub original_size: u64,
     /// Bytes newly written to the store.
@@ -51,8 +53,8 @@ pub struct BackupRecord {
 pub struct VerificationRecord {
     /// What was verified (a backup id, `wal`, ...).
     pub subject: String,
-    /// When the run finished.
-    pub finished_at: SystemTime,
+    /// When the run finished, in seconds since the Unix epoch.
+    pub finished_at: u64,
     /// Its verdict.
     pub verdict: Verdict,
     /// How many findings it reported.
@@ -62,8 +64,8 @@ pub struct VerificationRecord {
 /// The result of the last recovery drill.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct DrillRecord {
-    /// When the drill finished.
-    pub finished_at: SystemTime,
+    /// When the drill finished, in seconds since the Unix epoch.
+    pub finished_at: u64,
     /// Whether the restored server came up and passed its checks.
     pub success: bool,
     /// Measured recovery time (restore start to serving), in seconds.
@@ -93,31 +95,16 @@ pub fn verdict_label(v: Verdict) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use carta_dr_core::traits::CatalogEntry;
-    use carta_dr_core::{Lsn, TimelineId};
 
     #[test]
-    fn a_catalog_entry_reads_as_a_backup_record() {
-        let t = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_700_000_000);
-        let entry = CatalogEntry {
-            id: BackupId::from_time(t),
-            kind: BackupKind::Full,
-            label: "x".into(),
-            start_lsn: Lsn(1),
-            stop_lsn: Lsn(2),
-            timeline: "1".parse::<TimelineId>().unwrap(),
-            system_identifier: 7,
-            pg_version: 150000,
-            start_time: t,
-            stop_time: t,
-            original_size: 100,
-            stored_size: 50,
-            files: vec![],
-        };
-        let json = serde_json::to_string(&entry).unwrap();
-        let r: BackupRecord = serde_json::from_str(&json).unwrap();
+    fn a_catalog_record_reads_as_a_backup_record() {
+        // The field names and encodings of carta_dr_core::catalog::BackupRecord.
+        let json = r#"{"format_version":1,"id":"20240101T000000Z","kind":"full","label":"x",
+            "start_lsn":"0/2000028","stop_lsn":"0/2000100","start_time":1700000000,
+            "stop_time":1700000060,"original_size":100,"stored_size":50,"files":[]}"#;
+        let r: BackupRecord = serde_json::from_str(json).unwrap();
         assert_eq!(r.original_size, 100);
         assert_eq!(r.kind, BackupKind::Full);
-        assert_eq!(r.stop_time, t);
+        assert_eq!(r.stop_time, 1_700_000_060);
     }
 }

@@ -74,13 +74,13 @@ fn backup_freshness(config: &MonitorConfig, snap: &Snapshot) -> Option<bool> {
         return None;
     };
     let newest = status.recent_backups.iter().map(|b| b.stop_time).max();
+    let now = snap
+        .taken_at
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0);
     Some(newest.is_some_and(|t| {
-        let age = snap
-            .taken_at
-            .duration_since(t)
-            .map(|d| d.as_secs_f64())
-            .unwrap_or(0.0);
-        age <= config.slo.backup_freshness.threshold_seconds
+        (now - t as f64).max(0.0) <= config.slo.backup_freshness.threshold_seconds
     }))
 }
 

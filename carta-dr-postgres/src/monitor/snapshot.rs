@@ -171,11 +171,11 @@ impl StandbyStatus {
 /// The newest archived WAL, from listing `wal/`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct WalArchiveStatus {
-    /// The newest object's path.
+    /// The newest segment's path.
     pub newest_path: String,
     /// Its modification time.
     pub newest_modified: SystemTime,
-    /// How many objects are under `wal/`.
+    /// How many segments are under `wal/`.
     pub objects: u64,
     /// Their total stored size.
     pub bytes: u64,

@@ -3,7 +3,8 @@
 
 use std::collections::HashMap;
 
-use carta_dr_core::{BackupId, Error, Result, Store, StoreExt, StorePath};
+use carta_dr_core::envelope::{self, Key};
+use carta_dr_core::{BackupId, Error, Result, Store, StoreExt, StorePath, WalFileName};
 use serde::de::DeserializeOwned;
 
 use super::records::{
@@ -12,19 +13,27 @@ use super::records::{
 };
 use super::snapshot::{StoreStatus, WalArchiveStatus};
 
-/// Reads one JSON record: `Ok(None)` when absent, `Err(path)` when present but unreadable.
+/// Reads one sealed JSON record: `Ok(None)` when absent, `Err(path)` when present but
+/// unreadable (bad envelope, wrong key, bad JSON).
 async fn read_record<T: DeserializeOwned>(
     store: &dyn Store,
+    key: Option<&Key>,
     path: &StorePath,
 ) -> Result<std::result::Result<Option<T>, String>> {
     match store.get_bytes(path).await {
-        Ok(bytes) => match serde_json::from_slice(&bytes) {
-            Ok(v) => Ok(Ok(Some(v))),
-            Err(e) => {
-                tracing::warn!(%path, error = %e, "unreadable monitor record");
-                Ok(Err(path.to_string()))
+        Ok(sealed) => {
+            let parsed = envelope::open(path.as_str(), &sealed, key).and_then(|raw| {
+                serde_json::from_slice(&raw)
+                    .map_err(|e| Error::corrupt(path, None, format!("bad JSON: {e}")))
+            });
+            match parsed {
+                Ok(v) => Ok(Ok(Some(v))),
+                Err(e) => {
+                    tracing::warn!(%path, error = %e, "unreadable monitor record");
+                    Ok(Err(path.to_string()))
+                }
             }
-        },
+        }
         Err(Error::NotFound { .. }) => Ok(Ok(None)),
         Err(Error::Corrupt { .. }) => Ok(Err(path.to_string())),
         Err(e) => Err(e),
@@ -35,14 +44,16 @@ fn path(s: &str) -> Result<StorePath> {
     StorePath::new(s)
 }
 
-/// Reads everything the monitor exports about the store. A store error (unreachable,
-/// listing failed) is an `Err`; a record that is present but does not parse is listed in
-/// [`StoreStatus::unreadable`] and otherwise ignored.
-pub async fn read_store(store: &dyn Store) -> Result<StoreStatus> {
+/// Reads everything the monitor exports about the store; `key` opens encrypted records. A
+/// store error (unreachable, listing failed) is an `Err`; a record that is present but does
+/// not open or parse is listed in [`StoreStatus::unreadable`] and otherwise ignored.
+pub async fn read_store(store: &dyn Store, key: Option<&Key>) -> Result<StoreStatus> {
     let mut status = StoreStatus::default();
 
-    // Archived WAL: the newest object by modification time.
-    let wal = store.list(Some(&path(WAL_PREFIX)?)).await?;
+    // Archived WAL: the newest segment by modification time (the cluster record, history
+    // files, partial segments and other records do not count).
+    let mut wal = store.list(Some(&path(WAL_PREFIX)?)).await?;
+    wal.retain(|m| matches!(m.path.file_name().parse(), Ok(WalFileName::Segment(_))));
     if let Some(newest) = wal.iter().max_by_key(|m| m.last_modified) {
         status.wal = Some(WalArchiveStatus {
             newest_path: newest.path.to_string(),
@@ -73,7 +84,7 @@ pub async fn read_store(store: &dyn Store) -> Result<StoreStatus> {
     const MAX_READS: usize = 16;
     let mut per_kind: HashMap<&'static str, usize> = HashMap::new();
     for (_, p) in ids.iter().take(MAX_READS) {
-        match read_record::<BackupRecord>(store, p).await? {
+        match read_record::<BackupRecord>(store, key, p).await? {
             Ok(Some(r)) => {
                 let n = per_kind.entry(kind_label(r.kind)).or_default();
                 if *n < 2 {
@@ -89,7 +100,7 @@ pub async fn read_store(store: &dyn Store) -> Result<StoreStatus> {
         }
     }
     if let Some((_, p)) = ids.last() {
-        match read_record::<BackupRecord>(store, p).await? {
+        match read_record::<BackupRecord>(store, key, p).await? {
             Ok(r) => status.oldest_backup = r,
             Err(bad) => {
                 if !status.unreadable.contains(&bad) {
@@ -99,11 +110,11 @@ pub async fn read_store(store: &dyn Store) -> Result<StoreStatus> {
         }
     }
 
-    match read_record::<VerificationRecord>(store, &path(VERIFY_RECORD_PATH)?).await? {
+    match read_record::<VerificationRecord>(store, key, &path(VERIFY_RECORD_PATH)?).await? {
         Ok(r) => status.verification = r,
         Err(bad) => status.unreadable.push(bad),
     }
-    match read_record::<DrillRecord>(store, &path(DRILL_RECORD_PATH)?).await? {
+    match read_record::<DrillRecord>(store, key, &path(DRILL_RECORD_PATH)?).await? {
         Ok(r) => status.drill = r,
         Err(bad) => status.unreadable.push(bad),
     }
