@@ -5,11 +5,13 @@
 //! * [`stream`]: `BASE_BACKUP` and its COPY stream; [`copy`] decodes each `CopyData`.
 //! * [`backup`]: the backup itself ([`PgBackup`], an implementation of
 //!   [`carta_dr_core::Backup`]); [`repo`] reads and writes the sealed objects.
+//! * [`expire`]: retention of backups, WAL and unreferenced chunks.
 //! * [`tar`]: a sans-IO streaming reader of the tar archives inside the stream.
 
 pub mod backup;
 pub mod conn;
 pub mod copy;
+pub mod expire;
 pub mod repo;
 pub mod stream;
 pub mod tar;

@@ -1,22 +1,28 @@
 //! The backup repository: reading and writing sealed objects (records, chunks, bundles) in a
-//! [`Store`], and listing the catalog.
+//! [`Store`], and listing the catalog. Every object goes through the envelope
+//! ([`carta_dr_core::envelope`]): compressed, checksummed, optionally encrypted.
 
 use std::sync::Arc;
 
 use bytes::Bytes;
 use carta_dr_core::catalog::{record_path, BackupRecord, BACKUPS_PREFIX};
+use carta_dr_core::envelope::{self, EnvelopeOptions};
 use carta_dr_core::{BackupId, Error, Result, Store, StoreExt, StorePath};
 
 /// Sealed-object access to a store.
 #[derive(Clone, Debug)]
 pub struct Repo {
     store: Arc<dyn Store>,
+    opts: Arc<EnvelopeOptions>,
 }
 
 impl Repo {
-    /// A repository over `store`.
-    pub fn new(store: Arc<dyn Store>) -> Self {
-        Repo { store }
+    /// A repository over `store`, sealing with `opts` (whose key, if any, also opens).
+    pub fn new(store: Arc<dyn Store>, opts: EnvelopeOptions) -> Self {
+        Repo {
+            store,
+            opts: Arc::new(opts),
+        }
     }
 
     /// The underlying store.
@@ -27,7 +33,11 @@ impl Repo {
     /// Seals `raw` and writes it create-only. Returns the stored size, or `None` when an
     /// object already exists at `path` (content-addressed objects are then identical).
     pub async fn put_create(&self, path: &StorePath, raw: Bytes) -> Result<Option<u64>> {
-        let sealed = seal(path, raw)?;
+        let opts = self.opts.clone();
+        let sealed = tokio::task::spawn_blocking(move || envelope::seal(&opts, &raw))
+            .await
+            .map_err(|e| Error::invalid_input(format!("sealing {path}: {e}")))??;
+        let sealed = Bytes::from(sealed);
         let n = sealed.len() as u64;
         if self.store.put_if_absent(path, sealed).await? {
             Ok(Some(n))
@@ -44,7 +54,14 @@ impl Repo {
     /// Reads and opens a sealed object, verifying its integrity.
     pub async fn get(&self, path: &StorePath) -> Result<Bytes> {
         let sealed = self.store.get_bytes(path).await?;
-        open(path, sealed)
+        let opts = self.opts.clone();
+        let name = path.to_string();
+        let raw = tokio::task::spawn_blocking(move || {
+            envelope::open(&name, &sealed, opts.key.as_deref())
+        })
+        .await
+        .map_err(|e| Error::invalid_input(format!("opening {path}: {e}")))??;
+        Ok(Bytes::from(raw))
     }
 
     /// Ids of the backups listed in the catalog, oldest first.
@@ -106,14 +123,4 @@ impl Repo {
             }),
         }
     }
-}
-
-/// Seals one object for the store.
-fn seal(_path: &StorePath, raw: Bytes) -> Result<Bytes> {
-    Ok(raw)
-}
-
-/// Opens one sealed object.
-fn open(_path: &StorePath, sealed: Bytes) -> Result<Bytes> {
-    Ok(sealed)
 }

@@ -10,6 +10,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 use carta_dr_backends::LocalStore;
+use carta_dr_core::envelope::EnvelopeOptions;
 use carta_dr_core::traits::{ArchivedWal, PushOutcome};
 use carta_dr_core::{Error, Result, TimelineId, WalArchive, WalFileName};
 use carta_dr_postgres::replication::{ConnParams, PgBackup, PgBackupConfig, Repo};
@@ -80,9 +81,10 @@ impl Env {
     }
 
     pub fn repo(&self) -> Repo {
-        Repo::new(Arc::new(
-            LocalStore::open(self.repo_dir.path()).expect("open local store"),
-        ))
+        Repo::new(
+            Arc::new(LocalStore::open(self.repo_dir.path()).expect("open local store")),
+            EnvelopeOptions::default(),
+        )
     }
 
     pub fn backup(&self, repo: Repo) -> PgBackup {
