@@ -38,6 +38,8 @@ pub struct Config {
     pub key_file: Option<PathBuf>,
     /// WAL archiving settings.
     pub wal: WalConfig,
+    /// The replication monitor and its alert rules (`carta-dr monitor`, `carta-dr rules`).
+    pub monitor: carta_dr_postgres::monitor::MonitorConfig,
 }
 
 /// The `[wal]` section.

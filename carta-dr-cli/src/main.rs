@@ -89,6 +89,10 @@ pub enum Command {
     WalFetch(commands::wal_fetch::Args),
     /// List the WAL archive: timelines, ranges, gaps, sizes.
     WalList(commands::wal_list::Args),
+    /// Serve replication, archive and backup metrics for Prometheus.
+    Monitor(commands::monitor::Args),
+    /// Write the Prometheus alert rules and the Alertmanager fragment.
+    Rules(commands::rules::Args),
 }
 
 impl Command {
@@ -98,6 +102,8 @@ impl Command {
             Command::WalPush(_) => "wal-push",
             Command::WalFetch(_) => "wal-fetch",
             Command::WalList(_) => "wal-list",
+            Command::Monitor(_) => "monitor",
+            Command::Rules(_) => "rules",
         }
     }
 }
@@ -108,6 +114,8 @@ async fn dispatch(ctx: &Context, command: Command) -> Result<(), CliError> {
         Command::WalPush(a) => commands::wal_push::run(ctx, a).await,
         Command::WalFetch(a) => commands::wal_fetch::run(ctx, a).await,
         Command::WalList(a) => commands::wal_list::run(ctx, a).await,
+        Command::Monitor(a) => commands::monitor::run(ctx, a).await,
+        Command::Rules(a) => commands::rules::run(ctx, a).await,
     }
 }
 

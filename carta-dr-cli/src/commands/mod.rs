@@ -1,5 +1,7 @@
 //! One module per subcommand; each exposes `Args` (clap) and `async fn run(ctx, args)`.
 
+pub mod monitor;
+pub mod rules;
 pub mod wal_fetch;
 pub mod wal_list;
 pub mod wal_push;

@@ -3,7 +3,8 @@
 //! The same [`MonitorConfig`] drives the exporter and the rule generator, so the thresholds
 //! the exporter's SLI counters use and those the alert rules compare against never drift
 //! apart. It deserializes from the `[monitor]` table of the carta-dr TOML configuration;
-//! every field has a default, so an empty table is valid.
+//! every field has a default, so an empty table is valid. The store the monitor reads is the
+//! repository (`repo`, `--repo`), not part of this table.
 
 use std::time::Duration;
 
@@ -121,8 +122,6 @@ pub struct MonitorConfig {
     /// `application_name`s that must appear in the primary's `pg_stat_replication`; a missing
     /// one is a replica down.
     pub expected_standbys: Vec<String>,
-    /// The store URL (`file://`, `s3://`...) whose WAL archive, backups and records are read.
-    pub store: Option<String>,
     /// Seconds between polls of PostgreSQL.
     pub interval_seconds: f64,
     /// Seconds between reads of the store (listing the archive is the expensive part).
@@ -142,7 +141,6 @@ impl Default for MonitorConfig {
             primary: None,
             standbys: Vec::new(),
             expected_standbys: Vec::new(),
-            store: None,
             interval_seconds: 5.0,
             store_interval_seconds: 60.0,
             timeout_seconds: 2.0,

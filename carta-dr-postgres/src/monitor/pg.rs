@@ -70,6 +70,7 @@ pub struct PgTarget {
     config: tokio_postgres::Config,
     conn: Mutex<Option<Conn>>,
     queries: Arc<AtomicU64>,
+    was_up: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for PgTarget {
@@ -122,6 +123,7 @@ impl PgTarget {
             config,
             conn: Mutex::new(None),
             queries,
+            was_up: std::sync::atomic::AtomicBool::new(true),
         })
     }
 
@@ -182,13 +184,23 @@ impl PgTarget {
             }),
         };
         match outcome {
-            Ok(status) => Probe::Up {
-                status,
-                took: start.elapsed(),
-            },
+            Ok(status) => {
+                if !self.was_up.swap(true, Ordering::Relaxed) {
+                    tracing::info!(target_name = %self.name, "monitor target up again");
+                }
+                Probe::Up {
+                    status,
+                    took: start.elapsed(),
+                }
+            }
             Err(e) => {
                 *guard = None;
-                tracing::warn!(target_name = %self.name, error = %e, "monitor target down");
+                // Say it once per outage, not once per poll.
+                if self.was_up.swap(false, Ordering::Relaxed) {
+                    tracing::warn!(target_name = %self.name, error = %e, "monitor target down");
+                } else {
+                    tracing::debug!(target_name = %self.name, error = %e, "monitor target still down");
+                }
                 Probe::Down {
                     error: e.to_string(),
                     took: start.elapsed(),

@@ -386,7 +386,8 @@ pub fn slo_rules(config: &MonitorConfig) -> RuleFile {
                  / (1 - {})",
                 num(s.objective)
             ),
-            labels: BTreeMap::new(),
+            // Distinguishes the per-SLO rules recording the same name.
+            labels: BTreeMap::from([("slo".to_string(), slo.to_string())]),
         }));
     }
     let mut alerts = Vec::new();
