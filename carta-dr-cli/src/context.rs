@@ -6,11 +6,16 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
+use carta_dr_backends::layers::{RetryPolicy, RetryStore};
+use carta_dr_core::archive::StoreWalArchive;
+use carta_dr_core::envelope::{self, EnvelopeOptions, Key};
 use carta_dr_core::Store;
 
 use crate::config::Config;
 use crate::error::CliError;
+use crate::exit::ErrorClass;
 use crate::GlobalArgs;
 
 /// The environment variable holding the key itself (raw 32 bytes are impossible in an
@@ -36,7 +41,8 @@ pub struct Context {
     pub repo: Option<String>,
     /// Where the key comes from, if encryption is configured.
     pub key_source: Option<KeySource>,
-    /// How many `-v` were given.
+    /// How many `-v` were given (commands may print more detail).
+    #[allow(dead_code)] // part of the command API
     pub verbosity: u8,
 }
 
@@ -72,18 +78,55 @@ impl Context {
         })
     }
 
-    /// Opens the repository's store.
-    pub async fn store(&self) -> Result<Arc<dyn Store>, CliError> {
+    /// Opens the repository's store, wrapped in a retry layer (`wal.store_attempts` tries,
+    /// jittered backoff, at most `max_elapsed` in all).
+    pub fn store(&self, max_elapsed: Duration) -> Result<Arc<dyn Store>, CliError> {
         let url = self.repo_url()?;
-        open_store(url)
+        let backend = carta_dr_backends::open(url).map_err(|e| {
+            let class = match e {
+                carta_dr_core::Error::Invalid { .. } => ErrorClass::Config,
+                ref other => ErrorClass::of(other),
+            };
+            CliError::new(class, format!("opening repository {url}: {e}"))
+        })?;
+        let policy = RetryPolicy {
+            max_attempts: self.config.wal.store_attempts,
+            base_delay: Duration::from_millis(200),
+            max_delay: Duration::from_secs(2),
+            max_elapsed,
+        };
+        Ok(Arc::new(RetryStore::new(backend, policy)))
     }
-}
 
-fn open_store(url: &str) -> Result<Arc<dyn Store>, CliError> {
-    if url == "memory://" {
-        return Ok(Arc::new(carta_dr_backends::MemoryStore::new()));
+    /// The encryption key, if one is configured.
+    pub fn key(&self) -> Result<Option<Arc<Key>>, CliError> {
+        let key = match &self.key_source {
+            None => return Ok(None),
+            Some(KeySource::File(p)) => Key::from_file(p),
+            Some(KeySource::Env) => Key::from_env(KEY_ENV),
+        };
+        key.map(|k| Some(Arc::new(k)))
+            .map_err(|e| CliError::config(format!("loading the encryption key: {e}")))
     }
-    Err(CliError::config(format!(
-        "repository {url}: this build cannot open such a store"
-    )))
+
+    /// How objects are sealed: zstd at the configured level, encrypted when a key is set.
+    pub fn envelope_options(&self) -> Result<EnvelopeOptions, CliError> {
+        let level = self
+            .config
+            .compression_level
+            .unwrap_or(envelope::DEFAULT_ZSTD_LEVEL);
+        let opts = EnvelopeOptions::zstd(level);
+        Ok(match self.key()? {
+            Some(k) => opts.with_key(k),
+            None => opts,
+        })
+    }
+
+    /// The WAL archive in the repository.
+    pub fn wal_archive(&self, max_elapsed: Duration) -> Result<Arc<StoreWalArchive>, CliError> {
+        Ok(Arc::new(StoreWalArchive::new(
+            self.store(max_elapsed)?,
+            self.envelope_options()?,
+        )))
+    }
 }

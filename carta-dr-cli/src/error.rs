@@ -30,6 +30,7 @@ impl CliError {
     }
 
     /// A failure whose report the command has already printed; only the status remains.
+    #[allow(dead_code)] // for commands that print their own report (verify, ...)
     pub fn silent(class: ErrorClass) -> Self {
         Self::new(class, String::new())
     }
@@ -82,6 +83,7 @@ impl From<carta_dr_core::Error> for CliError {
 }
 
 /// Adds context to a result's error, converting it to a [`CliError`].
+#[allow(dead_code)] // part of the command API
 pub trait ResultExt<T> {
     /// Converts the error and puts `context` in front of it.
     fn context(self, context: impl fmt::Display) -> Result<T, CliError>;

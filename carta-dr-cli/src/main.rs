@@ -41,11 +41,10 @@ use clap::{Parser, Subcommand};
 
 mod commands;
 mod config;
-#[allow(dead_code)] // used as the WAL commands fill in
 mod context;
-#[allow(dead_code)]
 mod error;
 mod exit;
+mod spool;
 
 use context::Context;
 use error::CliError;
