@@ -3,7 +3,7 @@
 //! Each check is an async function that exercises one part of the [`Store`] contract and
 //! panics with a message naming the store, the path and what went wrong: this module is
 //! test support, and a panic is how a test fails. Checks are gated by the store's
-//! [`Capabilities`]: where a capability is missing the check asserts that the store says
+//! [`Capabilities`](carta_dr_core::Capabilities): where a capability is missing the check asserts that the store says
 //! [`Error::NotSupported`] instead of quietly degrading, so no check is skipped silently.
 //!
 //! Every check works under its own sub-prefix of [`SuiteOptions::base`], requires that
