@@ -80,7 +80,11 @@ fn archive_under_load_then_pitr(repo: Repo) {
 
     // wal-list sees one timeline without gaps from the first archived segment on.
     let out = repo.run(&["wal-list", "--json"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let listing: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let tl = &listing["timelines"][0];
     assert_eq!(tl["timeline"], 1);
@@ -116,7 +120,10 @@ fn archive_under_load_then_pitr(repo: Repo) {
         "the deleted rows are back"
     );
     assert_eq!(
-        restored.psql("postgres", "SELECT count(*) FROM pg_class WHERE relname = 'later'"),
+        restored.psql(
+            "postgres",
+            "SELECT count(*) FROM pg_class WHERE relname = 'later'"
+        ),
         "0",
         "commits after T are not replayed"
     );
@@ -173,7 +180,10 @@ fn outage_then_catch_up(repo: Repo) {
     }
     for s in &segs {
         let orig = std::fs::read(pg.data_dir().join("pg_wal").join(s)).unwrap();
-        assert!(fetch_back(&repo, s, fetch_dir.path()) == orig, "{s} differs");
+        assert!(
+            fetch_back(&repo, s, fetch_dir.path()) == orig,
+            "{s} differs"
+        );
     }
 }
 
@@ -197,18 +207,32 @@ fn other_cluster_refused(repo: Repo) {
         repo.run(&["wal-push", "--look-ahead", "0", p.to_str().unwrap()])
     };
     let sysid = |pg: &PgCluster| {
-        let out = pg.command("pg_controldata").arg(pg.data_dir()).output().unwrap();
+        let out = pg
+            .command("pg_controldata")
+            .arg(pg.data_dir())
+            .output()
+            .unwrap();
         String::from_utf8_lossy(&out.stdout)
             .lines()
-            .find_map(|l| l.strip_prefix("Database system identifier:").map(|s| s.trim().to_string()))
+            .find_map(|l| {
+                l.strip_prefix("Database system identifier:")
+                    .map(|s| s.trim().to_string())
+            })
             .unwrap()
     };
     let first = push(&a);
-    assert!(first.status.success(), "{}", String::from_utf8_lossy(&first.stderr));
+    assert!(
+        first.status.success(),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
     let second = push(&b);
     assert_eq!(second.status.code(), Some(6), "exit status of a conflict");
     let err = String::from_utf8_lossy(&second.stderr);
-    assert!(err.contains(&sysid(&a)) && err.contains(&sysid(&b)), "{err}");
+    assert!(
+        err.contains(&sysid(&a)) && err.contains(&sysid(&b)),
+        "{err}"
+    );
     // The first cluster's copy is kept.
     let dir = scratch_dir("fetch");
     let orig = std::fs::read(a.data_dir().join("pg_wal").join(seg)).unwrap();

@@ -192,13 +192,7 @@ pub fn done_segments(pg: &PgCluster) -> Vec<String> {
 /// Fetches `name` with `wal-fetch` (prefetch off) into `dir` and returns the bytes.
 pub fn fetch_back(repo: &Repo, name: &str, dir: &Path) -> Vec<u8> {
     let dest = dir.join(name);
-    let out = repo.run(&[
-        "wal-fetch",
-        "--prefetch",
-        "0",
-        name,
-        dest.to_str().unwrap(),
-    ]);
+    let out = repo.run(&["wal-fetch", "--prefetch", "0", name, dest.to_str().unwrap()]);
     assert!(
         out.status.success(),
         "wal-fetch {name}: {:?}\n{}",
