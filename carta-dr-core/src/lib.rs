@@ -18,6 +18,7 @@
 pub mod envelope;
 pub mod archive;
 pub mod catalog;
+pub mod dump;
 pub mod error;
 pub mod manifest;
 pub mod store;
