@@ -92,6 +92,8 @@ pub enum Command {
     Monitor(commands::monitor::Args),
     /// Write the Prometheus alert rules and the Alertmanager fragment.
     Rules(commands::rules::Args),
+    /// Verify a pg_dump archive (--dump FILE_OR_ID) or WAL (--wal) and report findings.
+    Verify(commands::verify::Args),
 }
 
 impl Command {
@@ -103,6 +105,7 @@ impl Command {
             Command::WalList(_) => "wal-list",
             Command::Monitor(_) => "monitor",
             Command::Rules(_) => "rules",
+            Command::Verify(_) => "verify",
         }
     }
 }
@@ -115,6 +118,7 @@ async fn dispatch(ctx: &Context, command: Command) -> Result<(), CliError> {
         Command::WalList(a) => commands::wal_list::run(ctx, a).await,
         Command::Monitor(a) => commands::monitor::run(ctx, a).await,
         Command::Rules(a) => commands::rules::run(ctx, a).await,
+        Command::Verify(a) => commands::verify::run(ctx, a).await,
     }
 }
 

@@ -2,6 +2,7 @@
 
 pub mod monitor;
 pub mod rules;
+pub mod verify;
 pub mod wal_fetch;
 pub mod wal_list;
 pub mod wal_push;
