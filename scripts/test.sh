@@ -137,8 +137,20 @@ step "doc tests" cargo test --workspace --all-features --doc
 step "examples" run_examples
 
 # ---------------------------------------------------------------------------------------------
-# PLUG-IN POINT: alerting rules. Run `promtool check rules` and `promtool test rules` over the
-# shipped Prometheus rule files and their unit tests here, as one `step`.
+# BEGIN alerting rules (monitor). `carta-dr rules` output checked by promtool, end to end through
+# the CLI. The promtool unit tests of rules-tests/ (`promtool test rules`), `amtool check-config`
+# and the Alertmanager inhibition test run in carta-dr-postgres/tests/monitor_rules.rs above.
+check_generated_rules() {
+    local out; out="$(mktemp -d)"
+    cargo run -q -p carta-dr-cli -- rules --out "$out" >/dev/null &&
+        promtool check rules "$out/replication.yml" "$out/slo.yml" | tee "$out/check.log" &&
+        ! grep -q -e FAILED -e lint "$out/check.log"
+    local rc=$?
+    rm -rf "$out"
+    return $rc
+}
+step "alerting rules (promtool check rules on carta-dr rules output)" check_generated_rules
+# END alerting rules (monitor).
 # ---------------------------------------------------------------------------------------------
 
 # ---------------------------------------------------------------------------------------------

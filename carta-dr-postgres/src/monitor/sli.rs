@@ -57,7 +57,7 @@ fn replication_lag(config: &MonitorConfig, snap: &Snapshot) -> Option<bool> {
     Some(config.expected_standbys.iter().all(|app| {
         rows.iter()
             .filter(|r| &r.application_name == app)
-            .any(|r| lag_ok(r))
+            .any(&lag_ok)
     }))
 }
 
@@ -142,8 +142,10 @@ mod tests {
 
     #[test]
     fn lag_sli_needs_every_expected_standby_under_threshold() {
-        let mut c = MonitorConfig::default();
-        c.expected_standbys = vec!["a".into(), "b".into()];
+        let c = MonitorConfig {
+            expected_standbys: vec!["a".into(), "b".into()],
+            ..MonitorConfig::default()
+        };
         let ok = snap(
             vec![row("a", Some(1.0), 10, 10), row("b", None, 10, 10)],
             0.0,

@@ -77,7 +77,7 @@ pub async fn read_store(store: &dyn Store, key: Option<&Key>) -> Result<StoreSta
             Some((id.parse::<BackupId>().ok()?, m.path.clone()))
         })
         .collect();
-    ids.sort_by(|a, b| b.0.cmp(&a.0));
+    ids.sort_by_key(|(id, _)| std::cmp::Reverse(*id));
     status.backup_count = ids.len() as u64;
     // Read newest first until every kind seen has two records (or a bounded number of
     // reads), so the cost stays flat as backups accumulate.
