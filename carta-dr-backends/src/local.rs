@@ -54,6 +54,12 @@ const TEMP_NAME_MAX: usize = 160;
 /// appears alive (its pid may have been reused).
 pub const DEFAULT_STALE_TEMP_AGE: Duration = Duration::from_secs(24 * 3600);
 
+/// The clean-up at open runs at most this often for one store.
+pub const CLEANUP_INTERVAL: Duration = Duration::from_secs(3600);
+
+/// The reserved file at the root whose modification time records the last clean-up at open.
+const CLEANUP_STAMP: &str = ".carta-cleanup-stamp";
+
 /// Options of [`LocalStore::open_with`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct LocalOptions {
@@ -125,7 +131,7 @@ impl LocalStore {
         let store = LocalStore {
             inner: Arc::new(Inner { root }),
         };
-        if let Some(age) = opts.cleanup_at_open {
+        if let Some(age) = opts.cleanup_at_open.filter(|_| store.cleanup_due()) {
             let bg = store.clone();
             let spawned = std::thread::Builder::new()
                 .name("carta-dr-local-cleanup".into())
@@ -139,6 +145,26 @@ impl LocalStore {
             }
         }
         Ok(store)
+    }
+
+    /// Whether the clean-up at open is due: at most once per [`CLEANUP_INTERVAL`] per store,
+    /// so that short-lived processes (one `wal-push` per WAL segment) do not walk the whole
+    /// tree every time. Claims the slot by touching a reserved stamp file at the root.
+    fn cleanup_due(&self) -> bool {
+        let stamp = self.inner.root.join(CLEANUP_STAMP);
+        let recent = std::fs::metadata(&stamp)
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age < CLEANUP_INTERVAL);
+        if recent {
+            return false;
+        }
+        // Best effort: if the stamp cannot be written (read-only store), clean up anyway.
+        if let Err(e) = std::fs::write(&stamp, b"") {
+            tracing::debug!(path = %stamp.display(), error = %e, "could not touch the clean-up stamp");
+        }
+        true
     }
 
     /// The store's root directory (canonical).
