@@ -88,6 +88,12 @@ pub enum Command {
     WalFetch(commands::wal_fetch::Args),
     /// List the WAL archive: timelines, ranges, gaps, sizes.
     WalList(commands::wal_list::Args),
+    /// Take a base backup; `backup list`, `backup info ID` show the catalog.
+    Backup(commands::backup::Args),
+    /// Restore a backup into a data directory and configure recovery.
+    Restore(commands::restore::Args),
+    /// Apply retention: expire backups, their WAL and unreferenced chunks.
+    Expire(commands::expire::Args),
     /// Serve replication, archive and backup metrics for Prometheus.
     Monitor(commands::monitor::Args),
     /// Write the Prometheus alert rules and the Alertmanager fragment.
@@ -103,6 +109,9 @@ impl Command {
             Command::WalPush(_) => "wal-push",
             Command::WalFetch(_) => "wal-fetch",
             Command::WalList(_) => "wal-list",
+            Command::Backup(_) => "backup",
+            Command::Restore(_) => "restore",
+            Command::Expire(_) => "expire",
             Command::Monitor(_) => "monitor",
             Command::Rules(_) => "rules",
             Command::Verify(_) => "verify",
@@ -116,6 +125,9 @@ async fn dispatch(ctx: &Context, command: Command) -> Result<(), CliError> {
         Command::WalPush(a) => commands::wal_push::run(ctx, a).await,
         Command::WalFetch(a) => commands::wal_fetch::run(ctx, a).await,
         Command::WalList(a) => commands::wal_list::run(ctx, a).await,
+        Command::Backup(a) => commands::backup::run(ctx, a).await,
+        Command::Restore(a) => commands::restore::run(ctx, a).await,
+        Command::Expire(a) => commands::expire::run(ctx, a).await,
         Command::Monitor(a) => commands::monitor::run(ctx, a).await,
         Command::Rules(a) => commands::rules::run(ctx, a).await,
         Command::Verify(a) => commands::verify::run(ctx, a).await,

@@ -3,6 +3,9 @@
 pub mod monitor;
 pub mod rules;
 pub mod verify;
+pub mod backup;
+pub mod expire;
+pub mod restore;
 pub mod wal_fetch;
 pub mod wal_list;
 pub mod wal_push;
