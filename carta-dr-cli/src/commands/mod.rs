@@ -1,11 +1,11 @@
 //! One module per subcommand; each exposes `Args` (clap) and `async fn run(ctx, args)`.
 
-pub mod monitor;
-pub mod rules;
-pub mod verify;
 pub mod backup;
 pub mod expire;
+pub mod monitor;
 pub mod restore;
+pub mod rules;
+pub mod verify;
 pub mod wal_fetch;
 pub mod wal_list;
 pub mod wal_push;
