@@ -107,3 +107,85 @@ fn verify_usage_errors_exit_2() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2), "both --wal and --dump");
 }
+
+/// `verify --wal --wal-dir` over the segments a PostgreSQL 15 cluster archived: clean, then a
+/// flipped bit inside a record body is reported with its segment and exit status 5.
+#[test]
+fn verify_wal_dir_reports_a_damaged_record() {
+    let dir = scratch_dir("verify-wal");
+    let archive = dir.subdir("archive");
+    let mut pg = PgCluster::builder()
+        .label("verify-wal")
+        .conf("archive_mode", "on")
+        .conf(
+            "archive_command",
+            &format!("cp %p {}/%f", archive.display()),
+        )
+        .start();
+    pg.psql(
+        "postgres",
+        "CREATE TABLE t AS SELECT g, md5(g::text) FROM generate_series(1, 20000) g",
+    );
+    for _ in 0..3 {
+        pg.psql(
+            "postgres",
+            "INSERT INTO t SELECT g, md5(g::text) FROM generate_series(1, 5000) g",
+        );
+        pg.psql("postgres", "SELECT pg_switch_wal()");
+    }
+    pg.wait_until(
+        "three segments archived",
+        std::time::Duration::from_secs(60),
+        || {
+            std::fs::read_dir(&archive)
+                .map(|d| d.count() >= 3)
+                .unwrap_or(false)
+        },
+    );
+    pg.stop();
+    let out = carta_dr()
+        .args(["verify", "--wal", "--complete-segments", "--wal-dir"])
+        .arg(&archive)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "clean archive: {text}");
+    // Damage the middle of the second segment (inside WAL that is read).
+    let mut segs: Vec<_> = std::fs::read_dir(&archive)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.file_name().unwrap().len() == 24)
+        .collect();
+    segs.sort();
+    let victim = &segs[1];
+    let mut data = std::fs::read(victim).unwrap();
+    data[8192 + 1000] ^= 0x10;
+    std::fs::write(victim, &data).unwrap();
+    let out = carta_dr()
+        .args([
+            "verify",
+            "--wal",
+            "--json",
+            "--complete-segments",
+            "--wal-dir",
+        ])
+        .arg(&archive)
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(5),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let name = victim.file_name().unwrap().to_str().unwrap();
+    assert!(
+        v["findings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f["location"]["segment"] == name),
+        "names {name}: {v}"
+    );
+}

@@ -25,6 +25,7 @@ pub mod store;
 pub mod traits;
 pub mod types;
 pub mod wal;
+pub mod walverify;
 
 pub use error::{Error, Result};
 pub use store::{
