@@ -66,8 +66,9 @@ pub async fn run(ctx: &Context, args: Args) -> Result<(), CliError> {
 
     if let Some(m) = spool.pushed_marker(&name) {
         if m.crc32c == crc && m.size == data.len() as u64 && m.repo == repo {
+            // The marker stays until PostgreSQL removes the file (see `prune_pushed`), so a
+            // repeated call is as fast.
             tracing::info!(file = %name, "already stored by look-ahead");
-            spool.clear_pushed(&name);
             return Ok(());
         }
         tracing::warn!(file = %name, "look-ahead marker does not match the file; pushing again");
@@ -162,7 +163,7 @@ async fn look_ahead(
     spool.prune_pushed(pg_wal);
     let candidates: Vec<WalFileName> = ready_files(pg_wal, current)
         .into_iter()
-        .filter(|f| spool.pushed_marker(f).is_none())
+        .filter(|f| spool.pushed_marker(f).is_none_or(|m| m.repo != repo))
         .take(n)
         .collect();
     if candidates.is_empty() {
