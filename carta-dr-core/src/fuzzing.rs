@@ -273,6 +273,124 @@ pub fn wal_names(data: &[u8]) {
     }
 }
 
+/// The seed corpus: `(target, name, bytes)`. Envelope seeds are a mode byte (see
+/// [`envelope`]) followed by a valid, truncated or extended sealed object.
+pub fn seed_corpus() -> Vec<(&'static str, String, Vec<u8>)> {
+    let mut v = Vec::new();
+    let key = std::sync::Arc::new(Key::from_bytes(FUZZ_KEY));
+    let data = wal_like_data(700, 7);
+    let objects: Vec<(&str, EnvelopeOptions, &[u8])> = vec![
+        ("empty-zstd", EnvelopeOptions::zstd(3), &[]),
+        ("one-byte", EnvelopeOptions::zstd(1), b"x"),
+        (
+            "none-16",
+            EnvelopeOptions::uncompressed().with_chunk_size(16),
+            &data[..100],
+        ),
+        (
+            "zstd-64",
+            EnvelopeOptions::zstd(3).with_chunk_size(64),
+            &data[..300],
+        ),
+        (
+            "zstd-128",
+            EnvelopeOptions::zstd(1).with_chunk_size(128),
+            &data,
+        ),
+        (
+            "zstd-neg",
+            EnvelopeOptions::zstd(-5).with_chunk_size(100),
+            &data[..250],
+        ),
+        (
+            "exact-chunk",
+            EnvelopeOptions::zstd(3).with_chunk_size(50),
+            &data[..100],
+        ),
+        (
+            "aes-zstd-64",
+            EnvelopeOptions::zstd(3)
+                .with_chunk_size(64)
+                .with_key(key.clone()),
+            &data[..300],
+        ),
+        (
+            "aes-none-32",
+            EnvelopeOptions::uncompressed()
+                .with_chunk_size(32)
+                .with_key(key.clone()),
+            &data[..90],
+        ),
+        (
+            "aes-empty",
+            EnvelopeOptions::zstd(3).with_key(key.clone()),
+            &[],
+        ),
+    ];
+    for (name, opts, raw) in objects {
+        let Ok(sealed) = seal(&opts, raw) else {
+            continue;
+        };
+        let mode_key = u8::from(opts.key.is_some());
+        for (suffix, mode) in [("", 0u8), ("-p7", 4), ("-fix", 2), ("-p64", 8)] {
+            let mut b = vec![mode | mode_key];
+            b.extend_from_slice(&sealed);
+            v.push(("envelope", format!("{name}{suffix}"), b));
+        }
+        let mut cut = vec![mode_key];
+        cut.extend_from_slice(&sealed[..sealed.len() * 2 / 3]);
+        v.push(("envelope", format!("{name}-truncated"), cut));
+        let mut junk = vec![mode_key | 2];
+        junk.extend_from_slice(&sealed);
+        junk.extend_from_slice(b"junk");
+        v.push(("envelope", format!("{name}-junk"), junk));
+    }
+    for (i, p) in [
+        "a",
+        "wal/00000001/000000010000000000000007",
+        "backup/20261123T132400Z/base/1/1259",
+        "\u{fc}/\u{e9}",
+        "a/../b",
+        "./a",
+        "a//b",
+        "/abs",
+        "a/",
+        "a\\b",
+        "a\nb",
+        "..",
+        "x.y-z_1/..a/a..",
+    ]
+    .iter()
+    .enumerate()
+    {
+        v.push(("store_path", format!("{i:02}"), p.as_bytes().to_vec()));
+    }
+    for (i, n) in [
+        "000000010000000000000007",
+        "000000010000000000000007.partial",
+        "00000002.history",
+        "000000010000000000000007.00000028.backup",
+        "0000000100000000000000FF",
+        "00000000000000000000000A",
+        "000000010000000a00000001",
+        "FFFFFFFFFFFFFFFFFFFFFFFF",
+        "16/B374D848",
+        "0/0",
+        "FFFFFFFF/FFFFFFFF",
+        "20261123T132400Z",
+        "20261123T132400Z-1",
+        "20240229T235959Z-12",
+        "20230229T000000Z",
+        "42",
+    ]
+    .iter()
+    .enumerate()
+    {
+        v.push(("wal_segment_name", format!("{i:02}"), n.as_bytes().to_vec()));
+    }
+    v
+}
+
 /// Whether `bytes` start with a parseable envelope header (used by corpus tooling).
 pub fn has_header(bytes: &[u8]) -> bool {
     Header::parse("", bytes).is_ok()
@@ -386,18 +504,24 @@ impl WalLike {
         v.extend_from_slice(&self.lsn.to_le_bytes());
         v.extend_from_slice(&[0x20, 10, 0, 0]);
         v.extend_from_slice(&(self.next() as u32).to_le_bytes());
-        if kind < 70 {
+        if kind < 62 {
             self.tuple(v);
-        } else if kind < 75 {
-            // Full-page image: page header, tuples, then the hole of free space.
+        } else if kind < 66 {
+            // Full-page image of a full heap page (fillfactor 100): page header, the line
+            // pointer array, then tuples up to 8 KiB.
             v.extend_from_slice(&self.lsn.to_le_bytes());
             v.extend_from_slice(&[0u8; 16]);
-            for _ in 0..40 {
+            for i in 0..60u32 {
+                let off = 8192 - (i + 1) * 120;
+                v.extend_from_slice(&(off | (2 << 15) | (118 << 17)).to_le_bytes());
+            }
+            while v.len() < start + 24 + 8192 {
                 self.tuple(v);
             }
-            v.resize(start + 24 + 8192, 0);
+            v.truncate(start + 24 + 8192);
         } else {
-            let n = 32 + (r >> 8) as usize % 224;
+            // Incompressible payload (TOAST, already-compressed values, random keys).
+            let n = 64 + (r >> 8) as usize % 448;
             for _ in 0..n.div_ceil(8) {
                 v.extend_from_slice(&self.next().to_le_bytes());
             }

@@ -105,6 +105,9 @@ impl FromStr for BackupId {
         let bad = |r: &str| Error::invalid("backup id", s, r);
         let (stamp, seq) = match s.split_once('-') {
             Some((a, b)) => {
+                if b.is_empty() || !b.bytes().all(|c| c.is_ascii_digit()) {
+                    return Err(bad("suffix must be a number"));
+                }
                 let seq: u32 = b.parse().map_err(|_| bad("suffix must be a number"))?;
                 if seq == 0 || b.starts_with('0') {
                     return Err(bad(
@@ -115,6 +118,10 @@ impl FromStr for BackupId {
             }
             None => (s, 0),
         };
+        // ASCII only, so that the fixed byte ranges below are character boundaries.
+        if !stamp.is_ascii() {
+            return Err(bad("expected YYYYMMDDTHHMMSSZ"));
+        }
         let b = stamp.as_bytes();
         if b.len() != 16 || b[8] != b'T' || b[15] != b'Z' {
             return Err(bad("expected YYYYMMDDTHHMMSSZ"));
