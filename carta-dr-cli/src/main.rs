@@ -94,6 +94,8 @@ pub enum Command {
     Restore(commands::restore::Args),
     /// Apply retention: expire backups, their WAL and unreferenced chunks.
     Expire(commands::expire::Args),
+    /// Rehearse a disaster and measure the recovery: `drill restore`, `drill history`.
+    Drill(commands::drill::Args),
     /// Serve replication, archive and backup metrics for Prometheus.
     Monitor(commands::monitor::Args),
     /// Write the Prometheus alert rules and the Alertmanager fragment.
@@ -112,6 +114,7 @@ impl Command {
             Command::Backup(_) => "backup",
             Command::Restore(_) => "restore",
             Command::Expire(_) => "expire",
+            Command::Drill(_) => "drill",
             Command::Monitor(_) => "monitor",
             Command::Rules(_) => "rules",
             Command::Verify(_) => "verify",
@@ -128,6 +131,7 @@ async fn dispatch(ctx: &Context, command: Command) -> Result<(), CliError> {
         Command::Backup(a) => commands::backup::run(ctx, a).await,
         Command::Restore(a) => commands::restore::run(ctx, a).await,
         Command::Expire(a) => commands::expire::run(ctx, a).await,
+        Command::Drill(a) => commands::drill::run(ctx, a).await,
         Command::Monitor(a) => commands::monitor::run(ctx, a).await,
         Command::Rules(a) => commands::rules::run(ctx, a).await,
         Command::Verify(a) => commands::verify::run(ctx, a).await,

@@ -5,11 +5,13 @@
 //! * [`replication`]: our own replication-protocol client on `postgres-protocol` over tokio
 //!   (`IDENTIFY_SYSTEM`, `BASE_BACKUP`), the physical base backup and its restore.
 //! * [`restore`]: restore of a physical backup with its recovery configuration.
+//! * [`drill`]: the restore drill — RTO and RPO measured with a stopwatch.
 //! * [`local_cluster`]: throwaway local clusters (initdb, start, stop, crash) as product code.
 //! * [`monitor`]: the replication monitor, its Prometheus exporter and alert rules.
 
 #![warn(missing_docs)]
 
+pub mod drill;
 pub mod local_cluster;
 pub mod monitor;
 pub mod replication;

@@ -1,0 +1,29 @@
+//! `carta-dr drill ...`: rehearse disasters and measure the recovery.
+
+use crate::context::Context;
+use crate::error::CliError;
+
+/// Rehearse a disaster: `drill restore`, `drill history`.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Which drill.
+    #[command(subcommand)]
+    pub command: DrillCommand,
+}
+
+/// The drills.
+#[derive(clap::Subcommand, Debug)]
+pub enum DrillCommand {
+    /// Lose the primary and restore it from the store alone; report RTO (by phase) and RPO.
+    Restore(Box<super::drill_restore::Args>),
+    /// List past drills with the trend of RTO and RPO.
+    History(super::drill_history::Args),
+}
+
+/// Runs a drill subcommand.
+pub async fn run(ctx: &Context, args: Args) -> Result<(), CliError> {
+    match args.command {
+        DrillCommand::Restore(a) => super::drill_restore::run(ctx, *a).await,
+        DrillCommand::History(a) => super::drill_history::run(ctx, a).await,
+    }
+}
