@@ -8,11 +8,13 @@
 //! * [`drill`]: the restore drill — RTO and RPO measured with a stopwatch.
 //! * [`local_cluster`]: throwaway local clusters (initdb, start, stop, crash) as product code.
 //! * [`monitor`]: the replication monitor, its Prometheus exporter and alert rules.
+//! * [`promote`]: failover: promotion, fencing, repointing, rejoin and the failover drill.
 
 #![warn(missing_docs)]
 
 pub mod drill;
 pub mod local_cluster;
 pub mod monitor;
+pub mod promote;
 pub mod replication;
 pub mod restore;
