@@ -154,8 +154,21 @@ step "alerting rules (promtool check rules on carta-dr rules output)" check_gene
 # ---------------------------------------------------------------------------------------------
 
 # ---------------------------------------------------------------------------------------------
-# PLUG-IN POINT: the restore drill. Run `carta-dr drill restore` end to end against a throwaway
-# cluster and the local S3 server here, as one `step`.
+# BEGIN restore drill: `carta-dr drill restore` end to end on its embedded throwaway cluster
+# (PostgreSQL 15, WAL archived by carta-dr, our own base backup, kill -9, restore, verify).
+# The drill log and the Markdown report go to a temporary state directory.
+run_restore_drill() {
+    local state; state="$(mktemp -d)"
+    chmod 755 "$state"
+    cargo build -q -p carta-dr-cli &&
+        CARTA_DR_STATE_DIR="$state" "$TARGET_DIR/debug/carta-dr" drill restore --rto 2m --rpo 30s &&
+        CARTA_DR_STATE_DIR="$state" "$TARGET_DIR/debug/carta-dr" drill history
+    local rc=$?
+    rm -rf "$state"
+    return $rc
+}
+step "restore drill (carta-dr drill restore, embedded cluster)" run_restore_drill
+# END restore drill.
 # ---------------------------------------------------------------------------------------------
 
 # Optional: build the fuzz targets when cargo-fuzz and a nightly toolchain are installed (the

@@ -227,6 +227,24 @@ pub fn store_path(data: &[u8]) {
     assert!(p.join("..").is_err());
 }
 
+/// The `dump` target: the pg_dump custom archive verifier on arbitrary bytes.
+///
+/// Checks: no panic; feeding the input in one piece or byte by byte gives the same findings
+/// and blocks; a report without error findings has a parsed header.
+pub fn dump(data: &[u8]) {
+    let (report, whole) = crate::dump::verify_bytes("fuzz", data);
+    let mut c = crate::dump::DumpCheck::new();
+    for piece in data.chunks(7) {
+        c.feed(piece);
+    }
+    let pieces = c.finish();
+    assert_eq!(whole.blocks, pieces.blocks);
+    assert_eq!(whole.is_corrupt(), pieces.is_corrupt());
+    if report.verdict() == crate::traits::Verdict::Clean {
+        assert!(whole.header.is_some());
+    }
+}
+
 /// The `wal_segment_name` target: the WAL and backup name parsers on arbitrary text.
 ///
 /// Checks: no panic; whatever [`WalFileName`], [`WalSegmentName`], [`Lsn`],

@@ -17,6 +17,7 @@ fn corpus_root() -> PathBuf {
 fn harness(target: &str) -> Option<fn(&[u8])> {
     match target {
         "envelope" => Some(fuzzing::envelope),
+        "dump" => Some(fuzzing::dump),
         "store_path" => Some(fuzzing::store_path),
         "wal_segment_name" => Some(fuzzing::wal_names),
         _ => None,
