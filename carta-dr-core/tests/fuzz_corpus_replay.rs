@@ -55,7 +55,7 @@ fn every_corpus_directory_belongs_to_a_target() {
         .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
         .collect();
     dirs.sort();
-    assert_eq!(dirs, ["envelope", "store_path", "wal_segment_name"]);
+    assert_eq!(dirs, ["dump", "envelope", "store_path", "wal_segment_name"]);
     for d in &dirs {
         assert!(harness(d).is_some(), "no harness for corpus directory {d}");
     }
@@ -65,6 +65,12 @@ fn every_corpus_directory_belongs_to_a_target() {
 fn replay_envelope_corpus() {
     let n = replay("envelope");
     eprintln!("envelope: {n} inputs");
+}
+
+#[test]
+fn replay_dump_corpus() {
+    let n = replay("dump");
+    eprintln!("dump: {n} inputs");
 }
 
 #[test]
