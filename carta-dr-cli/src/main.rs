@@ -102,6 +102,8 @@ pub enum Command {
     Rules(commands::rules::Args),
     /// Verify a pg_dump archive (--dump FILE_OR_ID) or WAL (--wal) and report findings.
     Verify(commands::verify::Args),
+    /// Logical backups with pg_dump: `dump --db NAME`, `dump list`, `dump restore ID --into DB`.
+    Dump(commands::dump::Args),
     /// Fail over: fence the old primary, promote the best standby, repoint clients, verify.
     Promote(commands::promote::Args),
     /// Turn the old primary into a standby of the new one (pg_rewind).
@@ -124,6 +126,7 @@ impl Command {
             Command::Monitor(_) => "monitor",
             Command::Rules(_) => "rules",
             Command::Verify(_) => "verify",
+            Command::Dump(_) => "dump",
             Command::Promote(_) => "promote",
             Command::Rejoin(_) => "rejoin",
             Command::Runbook(_) => "runbook",
@@ -144,6 +147,7 @@ async fn dispatch(ctx: &Context, command: Command) -> Result<(), CliError> {
         Command::Monitor(a) => commands::monitor::run(ctx, a).await,
         Command::Rules(a) => commands::rules::run(ctx, a).await,
         Command::Verify(a) => commands::verify::run(ctx, a).await,
+        Command::Dump(a) => commands::dump::run(ctx, a).await,
         Command::Promote(a) => commands::promote::run(ctx, a).await,
         Command::Rejoin(a) => commands::rejoin::run(ctx, a).await,
         Command::Runbook(a) => commands::runbook::run(ctx, a).await,

@@ -13,6 +13,7 @@
 #![warn(missing_docs)]
 
 pub mod drill;
+pub mod dump;
 pub mod local_cluster;
 pub mod monitor;
 pub mod promote;

@@ -1,6 +1,7 @@
 //! One module per subcommand; each exposes `Args` (clap) and `async fn run(ctx, args)`.
 
 pub mod backup;
+pub mod dump;
 pub mod drill;
 pub mod drill_history;
 pub mod drill_restore;
