@@ -189,3 +189,58 @@ async fn backup_restore_refuses_a_non_empty_target_without_delta() {
     assert!(!target.path().join("keep").exists());
     assert!(target.path().join("PG_VERSION").exists());
 }
+
+#[tokio::test]
+async fn backup_restore_writes_relation_segments_side_by_side() {
+    // `16384` and `16384.1` are restored concurrently and must not share a temporary file.
+    let dir = tempfile::tempdir().unwrap();
+    let repo = Repo::new(
+        Arc::new(LocalStore::open(dir.path()).unwrap()),
+        EnvelopeOptions::default(),
+    );
+    let mut files = vec![
+        file("base", FileKind::Dir, Content::None, 0, 0),
+        file("base/5", FileKind::Dir, Content::None, 0, 0),
+    ];
+    let mut want = Vec::new();
+    for (name, fill) in [
+        ("base/5/16384", 1u8),
+        ("base/5/16384.1", 2),
+        ("base/5/16384.2", 3),
+    ] {
+        let data: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8 ^ fill).collect();
+        let h = hex::encode(Sha256::digest(&data));
+        repo.put_create(&chunk_path(&h).unwrap(), Bytes::from(data.clone()))
+            .await
+            .unwrap();
+        files.push(file(
+            name,
+            FileKind::File,
+            Content::Chunks {
+                chunks: vec![ChunkRef {
+                    sha256: h,
+                    len: data.len() as u64,
+                }],
+            },
+            data.len() as u64,
+            crc32c::crc32c(&data),
+        ));
+        want.push((name, data));
+    }
+    repo.save(&record(BackupId::from_time(std::time::UNIX_EPOCH), files))
+        .await
+        .unwrap();
+    let target = tempfile::tempdir().unwrap();
+    let d = target.path().join("d");
+    let r = restore(&repo, &opts(&d)).await.unwrap();
+    assert_eq!(r.files_written, 3);
+    for (name, data) in want {
+        assert_eq!(std::fs::read(d.join(name)).unwrap(), data, "{name}");
+    }
+    let leftovers: Vec<_> = std::fs::read_dir(d.join("base/5"))
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().contains("tmp"))
+        .collect();
+    assert!(leftovers.is_empty());
+}

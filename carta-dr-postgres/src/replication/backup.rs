@@ -25,6 +25,7 @@ use carta_dr_core::{
     Backup, BackupId, Error, Lsn, Result, TimelineId, WalArchive, WalFileName, WalSegmentName,
     WalSegmentSize,
 };
+use futures::{StreamExt, TryStreamExt};
 use sha2::{Digest, Sha256};
 use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
@@ -621,6 +622,26 @@ impl PgBackup {
             backup_manifest: manifest,
         };
         rec.validate()?;
+        // Every object the record names must still be there: a chunk found already stored
+        // (by an earlier backup) may have been removed by a concurrent `expire` since.
+        let objects = rec.referenced_objects()?;
+        let missing: Vec<_> = futures::stream::iter(objects)
+            .map(|p| {
+                let repo = self.repo.clone();
+                async move { repo.exists(&p).await.map(|ok| (!ok).then_some(p)) }
+            })
+            .buffer_unordered(self.cfg.concurrency.max(1) * 4)
+            .try_filter_map(|m| async move { Ok(m) })
+            .try_collect()
+            .await?;
+        if let Some(p) = missing.first() {
+            return Err(Error::NotFound {
+                path: format!(
+                    "{p} (and {} more objects) referenced by backup {id} vanished before it                      was recorded; run the backup again",
+                    missing.len() - 1
+                ),
+            });
+        }
         let n = self.repo.save(&rec).await?;
         tracing::info!(%id, stop_lsn = %stop_lsn, original, stored = stored_files + n, "backup complete");
         Ok(rec)

@@ -49,7 +49,7 @@ impl WalArchive for DirArchive {
                 });
             }
         }
-        v.sort_by(|a, b| a.name.cmp(&b.name));
+        v.sort_by_key(|a| a.name);
         Ok(v)
     }
 }
