@@ -1,18 +1,25 @@
 //! Throughput of the dump verifier and of the record-level WAL pass over the PostgreSQL 15
 //! fixtures (tests/fixtures).
 
-use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use criterion::{criterion_main, Criterion, Throughput};
 
 use carta_dr_core::dump::verify_bytes;
 use carta_dr_core::walverify::{select_segments, WalRecordCheck, WalVerifyOptions};
 use carta_dr_core::WalFileName;
 
 fn fixture_dir(dir: &str) -> Vec<(String, Vec<u8>)> {
-    let d = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(dir);
+    let d = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(dir);
     let mut out = Vec::new();
     for e in std::fs::read_dir(&d).expect("fixture dir") {
         let p = e.expect("dir entry").path();
-        let name = p.file_name().and_then(|n| n.to_str()).unwrap_or_default().trim_end_matches(".zst").to_string();
+        let name = p
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default()
+            .trim_end_matches(".zst")
+            .to_string();
         let data = zstd::decode_all(&std::fs::read(&p).expect("read fixture")[..]).expect("zstd");
         out.push((name, data));
     }
@@ -59,7 +66,11 @@ fn wal(c: &mut Criterion) {
         let mut files: Vec<(WalFileName, Vec<u8>)> = Vec::new();
         for e in std::fs::read_dir(&dir).expect("CARTA_DR_BENCH_WAL_DIR") {
             let p = e.expect("dir entry").path();
-            if let Some(w) = p.file_name().and_then(|n| n.to_str()).and_then(|n| n.parse::<WalFileName>().ok()) {
+            if let Some(w) = p
+                .file_name()
+                .and_then(|n| n.to_str())
+                .and_then(|n| n.parse::<WalFileName>().ok())
+            {
                 if matches!(w, WalFileName::Segment(_)) {
                     files.push((w, std::fs::read(&p).expect("read segment")));
                 }
@@ -91,5 +102,11 @@ fn wal(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, dump, wal);
+/// The bench group (written out: the `criterion_group!` macro's function has no doc).
+fn benches() {
+    let mut c = Criterion::default().configure_from_args();
+    dump(&mut c);
+    wal(&mut c);
+}
+
 criterion_main!(benches);
