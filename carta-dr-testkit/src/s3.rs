@@ -22,7 +22,7 @@ AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=test AWS_REGION=us-east-1 AWS_ALLOW
 pub struct S3Env {
     /// Endpoint URL, e.g. `http://127.0.0.1:5000`.
     pub endpoint: String,
-    /// The bucket tests write under (each test under its own prefix).
+    /// The bucket of this `S3Env`, created by [`S3Env::require`] (each call its own).
     pub bucket: String,
     /// Region name (`AWS_REGION`, default `us-east-1`).
     pub region: String,
@@ -30,8 +30,9 @@ pub struct S3Env {
 
 impl S3Env {
     /// Reads `CARTA_DR_TEST_S3_ENDPOINT` and `CARTA_DR_TEST_S3_BUCKET` (set by `scripts/test.sh`,
-    /// which also exports `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_REGION`) and checks
-    /// that the endpoint answers and the bucket exists.
+    /// which also exports `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_REGION`), checks
+    /// that the endpoint answers and that bucket exists, then creates a fresh bucket
+    /// (`carta-dr-t-PID-N-RAND`) for this `S3Env`, so each test works in a bucket of its own.
     ///
     /// # Panics
     ///
@@ -53,29 +54,38 @@ impl S3Env {
             bucket,
             region,
         };
-        match env.probe() {
+        match env.request("HEAD", &env.bucket) {
             Ok(404) => panic!(
                 "the S3 server at {} answers but bucket `{}` does not exist (HTTP 404). {HOW_TO_GET_S3}",
                 env.endpoint, env.bucket
             ),
-            Ok(_) => env,
+            Ok(_) => {}
             Err(e) => panic!(
                 "the S3 server at {} does not answer: {e}. {HOW_TO_GET_S3}",
                 env.endpoint
             ),
         }
+        // A bucket of its own: moto lists a prefix by scanning every key of the bucket, so a
+        // shared bucket makes every test's listings slower as the whole suite writes.
+        let own = format!("carta-dr-t-{}", unique_suffix());
+        match env.request("PUT", &own) {
+            Ok(200) => S3Env { bucket: own, ..env },
+            other => panic!(
+                "cannot create test bucket {own} on {}: {other:?}. {HOW_TO_GET_S3}",
+                env.endpoint
+            ),
+        }
     }
 
-    /// Sends `HEAD /BUCKET` and returns the HTTP status.
-    fn probe(&self) -> Result<u16, String> {
+    /// Sends an unsigned `METHOD /BUCKET` (moto accepts those) and returns the HTTP status.
+    fn request(&self, method: &str, bucket: &str) -> Result<u16, String> {
         let addr = endpoint_addr(&self.endpoint)?;
         let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(3))
             .map_err(|e| format!("connect {addr}: {e}"))?;
         s.set_read_timeout(Some(Duration::from_secs(10)))
             .map_err(|e| e.to_string())?;
         let req = format!(
-            "HEAD /{} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n",
-            self.bucket
+            "{method} /{bucket} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
         );
         s.write_all(req.as_bytes()).map_err(|e| e.to_string())?;
         let mut buf = [0u8; 64];

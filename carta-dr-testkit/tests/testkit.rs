@@ -176,6 +176,15 @@ fn reserved_ports_are_distinct_while_held() {
 #[test]
 fn s3_env_reaches_moto() {
     let s3 = S3Env::require();
+    let other = S3Env::require();
+    assert_ne!(
+        s3.bucket, other.bucket,
+        "each S3Env has a bucket of its own"
+    );
+    assert_ne!(
+        Some(&s3.bucket),
+        std::env::var("CARTA_DR_TEST_S3_BUCKET").ok().as_ref()
+    );
     let url = s3.unique_url("testkit");
     assert!(url.starts_with(&format!("s3://{}/testkit-", s3.bucket)));
     // Put and get an object over plain HTTP (moto accepts unsigned requests).
