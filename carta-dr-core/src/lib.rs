@@ -15,11 +15,13 @@
 
 #![warn(missing_docs)]
 
-pub mod envelope;
 pub mod archive;
 pub mod catalog;
 pub mod dump;
+pub mod envelope;
 pub mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod manifest;
 pub mod store;
 pub mod traits;

@@ -18,6 +18,8 @@ pub enum DrillCommand {
     Restore(Box<super::drill_restore::Args>),
     /// List past drills with the trend of RTO and RPO.
     History(super::drill_history::Args),
+    /// Kill a throwaway primary under a live writer: detection, promotion, downtime, loss.
+    Failover(super::drill_failover::Args),
 }
 
 /// Runs a drill subcommand.
@@ -25,5 +27,6 @@ pub async fn run(ctx: &Context, args: Args) -> Result<(), CliError> {
     match args.command {
         DrillCommand::Restore(a) => super::drill_restore::run(ctx, *a).await,
         DrillCommand::History(a) => super::drill_history::run(ctx, a).await,
+        DrillCommand::Failover(a) => super::drill_failover::run(ctx, a).await,
     }
 }

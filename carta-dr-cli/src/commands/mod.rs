@@ -3,6 +3,7 @@
 pub mod backup;
 pub mod dump;
 pub mod drill;
+pub mod drill_failover;
 pub mod drill_history;
 pub mod drill_restore;
 pub mod expire;
