@@ -1,11 +1,11 @@
 //! One module per subcommand; each exposes `Args` (clap) and `async fn run(ctx, args)`.
 
 pub mod backup;
-pub mod dump;
 pub mod drill;
 pub mod drill_failover;
 pub mod drill_history;
 pub mod drill_restore;
+pub mod dump;
 pub mod expire;
 pub mod monitor;
 pub mod promote;
