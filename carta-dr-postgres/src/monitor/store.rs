@@ -12,6 +12,7 @@ use super::records::{
     DRILL_RECORD_PATH, VERIFY_RECORD_PATH, WAL_PREFIX,
 };
 use super::snapshot::{StoreStatus, WalArchiveStatus};
+use crate::drill::history::RESTORE_DRILLS_PREFIX;
 
 /// Reads one sealed JSON record: `Ok(None)` when absent, `Err(path)` when present but
 /// unreadable (bad envelope, wrong key, bad JSON).
@@ -114,9 +115,116 @@ pub async fn read_store(store: &dyn Store, key: Option<&Key>) -> Result<StoreSta
         Ok(r) => status.verification = r,
         Err(bad) => status.unreadable.push(bad),
     }
-    match read_record::<DrillRecord>(store, key, &path(DRILL_RECORD_PATH)?).await? {
-        Ok(r) => status.drill = r,
-        Err(bad) => status.unreadable.push(bad),
-    }
+    status.drill = match read_record::<DrillRecord>(store, key, &path(DRILL_RECORD_PATH)?).await? {
+        Ok(Some(r)) => Some(r),
+        Ok(None) => match newest_restore_drill(store, key).await? {
+            Ok(r) => r,
+            Err(bad) => {
+                status.unreadable.push(bad);
+                None
+            }
+        },
+        Err(bad) => {
+            status.unreadable.push(bad);
+            None
+        }
+    };
     Ok(status)
+}
+
+/// The fields of a restore-drill log entry (`drills/restore/<id>.json`, written by
+/// `carta-dr drill restore`) that the monitor exports.
+#[derive(serde::Deserialize)]
+struct DrillLogEntry {
+    started_at: u64,
+    rto_seconds: f64,
+    rpo: DrillLogRpo,
+    verdict: DrillLogVerdict,
+}
+
+#[derive(serde::Deserialize)]
+struct DrillLogRpo {
+    seconds: f64,
+}
+
+#[derive(serde::Deserialize)]
+struct DrillLogVerdict {
+    rto_met: bool,
+    rpo_met: bool,
+    checks_passed: bool,
+}
+
+/// The newest restore drill in the drill log, as a [`DrillRecord`]. Drill ids sort by time.
+async fn newest_restore_drill(
+    store: &dyn Store,
+    key: Option<&Key>,
+) -> Result<std::result::Result<Option<DrillRecord>, String>> {
+    let prefix = path(RESTORE_DRILLS_PREFIX)?;
+    let newest = store
+        .list_paths(Some(&prefix))
+        .await?
+        .into_iter()
+        .filter(|p| p.file_name().ends_with(".json"))
+        .max();
+    let Some(newest) = newest else {
+        return Ok(Ok(None));
+    };
+    Ok(read_record::<DrillLogEntry>(store, key, &newest)
+        .await?
+        .map(|entry| {
+            entry.map(|e| DrillRecord {
+                finished_at: e.started_at,
+                success: e.verdict.rto_met && e.verdict.rpo_met && e.verdict.checks_passed,
+                rto_seconds: e.rto_seconds,
+                rpo_seconds: Some(e.rpo.seconds),
+            })
+        }))
+}
+
+#[cfg(test)]
+mod drill_log_tests {
+    use super::*;
+    use bytes::Bytes;
+    use carta_dr_backends::MemoryStore;
+    use carta_dr_core::envelope::{seal, EnvelopeOptions};
+
+    async fn put_json(store: &MemoryStore, p: &str, v: serde_json::Value) {
+        let raw = serde_json::to_vec(&v).unwrap();
+        let sealed = seal(&EnvelopeOptions::default(), &raw).unwrap();
+        store
+            .put(&path(p).unwrap(), Bytes::from(sealed), Default::default())
+            .await
+            .unwrap();
+    }
+
+    fn entry(started_at: u64, rto: f64, rpo: f64, ok: bool) -> serde_json::Value {
+        serde_json::json!({
+            "id": "x", "started_at": started_at, "rto_seconds": rto,
+            "rpo": { "seconds": rpo, "transactions_lost": 2 },
+            "verdict": { "rto_met": true, "rpo_met": ok, "checks_passed": true },
+        })
+    }
+
+    #[tokio::test]
+    async fn the_newest_restore_drill_in_the_log_is_exported() {
+        let store = MemoryStore::new();
+        assert!(read_store(&store, None).await.unwrap().drill.is_none());
+        put_json(
+            &store,
+            "drills/restore/20261101T000000Z-aaaaaa.json",
+            entry(100, 9.0, 1.0, true),
+        )
+        .await;
+        put_json(
+            &store,
+            "drills/restore/20261102T000000Z-bbbbbb.json",
+            entry(200, 12.5, 400.0, false),
+        )
+        .await;
+        let d = read_store(&store, None).await.unwrap().drill.unwrap();
+        assert_eq!(d.finished_at, 200);
+        assert_eq!(d.rto_seconds, 12.5);
+        assert_eq!(d.rpo_seconds, Some(400.0));
+        assert!(!d.success, "an RPO miss is a failed drill");
+    }
 }
