@@ -144,11 +144,15 @@ mod tests {
                 );
             }
         }
-        // Above 125 so PostgreSQL aborts recovery; not a shell or signal status.
-        assert!(RECOVERY_ABORT > 125);
-        assert!(!(126..=127).contains(&RECOVERY_ABORT));
-        assert!(!(129..=159).contains(&RECOVERY_ABORT));
     }
+
+    // Above 125 so PostgreSQL aborts recovery; not a shell or signal status. Checked at
+    // compile time.
+    const _: () = assert!(
+        RECOVERY_ABORT > 125
+            && !(RECOVERY_ABORT >= 126 && RECOVERY_ABORT <= 127)
+            && !(RECOVERY_ABORT >= 129 && RECOVERY_ABORT <= 159)
+    );
 
     #[test]
     fn docs_show_the_same_table() {

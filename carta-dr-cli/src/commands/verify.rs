@@ -45,12 +45,52 @@ pub struct Args {
 
 /// Runs `verify`.
 pub async fn run(ctx: &Context, args: Args) -> Result<(), CliError> {
-    let report = if let Some(d) = &args.dump {
-        verify_dump(ctx, d).await?
+    let (report, from_repo) = if let Some(d) = &args.dump {
+        (verify_dump(ctx, d).await?, !Path::new(d).is_file())
     } else {
-        verify_wal(ctx, &args).await?
+        (verify_wal(ctx, &args).await?, args.wal_dir.is_none())
     };
+    if from_repo {
+        record_status(ctx, &report).await;
+    }
     finish(&report, args.json)
+}
+
+/// Records the outcome of a verification of the repository's contents in the store
+/// (`status/verify.json`, sealed), where `carta-dr monitor` exports it as the last
+/// verification's result and time. A failure to record is logged; it never changes the
+/// verification's own exit status.
+async fn record_status(ctx: &Context, report: &VerifyReport) {
+    use carta_dr_postgres::monitor::records::{VerificationRecord, VERIFY_RECORD_PATH};
+    let result = async {
+        let record = VerificationRecord {
+            subject: report.subject.clone(),
+            finished_at: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0),
+            verdict: report.verdict(),
+            findings: report.findings.len() as u64,
+        };
+        let raw = serde_json::to_vec(&record).map_err(|e| {
+            carta_dr_core::Error::invalid_input(format!("encoding {VERIFY_RECORD_PATH}: {e}"))
+        })?;
+        let path = StorePath::new(VERIFY_RECORD_PATH)?;
+        let store =
+            ctx.store(Duration::from_secs(30))
+                .map_err(|e| carta_dr_core::Error::Unavailable {
+                    what: e.to_string(),
+                })?;
+        let opts = ctx
+            .envelope_options()
+            .map_err(|e| carta_dr_core::Error::invalid_input(e.to_string()))?;
+        carta_dr_core::envelope::put_sealed(store.as_ref(), &path, &raw, &opts, Default::default())
+            .await?;
+        Ok::<_, carta_dr_core::Error>(())
+    };
+    if let Err(e) = result.await {
+        tracing::warn!(error = %e, "could not record the verification result in the store");
+    }
 }
 
 /// Prints `report` and turns its verdict into the exit status.
