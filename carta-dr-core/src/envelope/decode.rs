@@ -152,7 +152,7 @@ impl DecoderCore {
         let stored_crc = match (&self.cipher, frame.codec) {
             // Plain stored chunks: payload == raw, checked once below.
             (None, CHUNK_STORED) => frame.stored_crc,
-            _ => crc32c::crc32c(payload.as_slice()),
+            _ => super::crc::crc32c(payload.as_slice()),
         };
         if stored_crc != frame.stored_crc {
             return Err(Error::corrupt(
@@ -219,7 +219,7 @@ impl DecoderCore {
             d.decompress_append(body, raw_len, out)
                 .map_err(|what| Error::corrupt(path, Some(index), what))?;
         }
-        let got = crc32c::crc32c(&out[start..]);
+        let got = super::crc::crc32c(&out[start..]);
         if got != expect_crc {
             out.truncate(start);
             return Err(Error::corrupt(
@@ -243,7 +243,7 @@ impl DecoderCore {
         if raw_len < hdr.chunk_size as usize {
             self.saw_short = true;
         }
-        self.content_crc = crc32c::crc32c_combine(self.content_crc, got, raw_len);
+        self.content_crc = super::crc::crc32c_combine(self.content_crc, got, raw_len);
         self.raw_len = new_raw;
         self.stored_len += (FRAME_HEADER_LEN + stored_len) as u64;
         self.chunks += 1;

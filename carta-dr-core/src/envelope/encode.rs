@@ -103,7 +103,7 @@ impl EncoderCore {
         out.reserve(Self::max_frame_len(raw.len()));
         out.extend_from_slice(&[0u8; FRAME_HEADER_LEN]);
         let body = start + FRAME_HEADER_LEN;
-        let raw_crc = crc32c::crc32c(raw);
+        let raw_crc = super::crc::crc32c(raw);
 
         let mut codec = CHUNK_STORED;
         if let Some(c) = self.compressor.as_mut() {
@@ -133,7 +133,7 @@ impl EncoderCore {
             let nonce = format::nonce(format::NONCE_CHUNK, index);
             let tag = cipher.seal(&nonce, &aad, &mut out[body..])?;
             out.extend_from_slice(&tag);
-            frame.stored_crc = crc32c::crc32c(&out[body..]);
+            frame.stored_crc = super::crc::crc32c(&out[body..]);
             frame
         } else {
             Frame {
@@ -144,7 +144,7 @@ impl EncoderCore {
                 stored_crc: if codec == CHUNK_STORED {
                     raw_crc
                 } else {
-                    crc32c::crc32c(&out[body..])
+                    super::crc::crc32c(&out[body..])
                 },
             }
         };
@@ -153,7 +153,7 @@ impl EncoderCore {
         self.chunks += 1;
         self.raw_len += raw.len() as u64;
         self.stored_len += (out.len() - start) as u64;
-        self.content_crc = crc32c::crc32c_combine(self.content_crc, raw_crc, raw.len());
+        self.content_crc = super::crc::crc32c_combine(self.content_crc, raw_crc, raw.len());
         Ok(())
     }
 

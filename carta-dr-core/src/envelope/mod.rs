@@ -41,6 +41,7 @@
 //! ```
 
 mod codec;
+mod crc;
 mod decode;
 mod encode;
 pub(crate) mod format;
@@ -49,6 +50,7 @@ mod store_io;
 
 use std::sync::Arc;
 
+pub use crc::{crc32c, crc32c_append};
 pub use decode::{Decoder, Opener};
 pub use encode::Sealer;
 pub use format::{FORMAT_VERSION, HEADER_LEN, MAX_CHUNK_SIZE};
