@@ -1,18 +1,28 @@
 //! `carta-dr rejoin`: the old primary back as a standby of the new one (`pg_rewind`, else a
 //! fresh copy with `--allow-delete-datadir`), started with `pg_ctl`, until it streams.
+//!
+//! The fresh copy is the newest backup restored from the repository when one is configured
+//! (`--repo`, `CARTA_DR_REPO`, the config file): the server replays the archive with
+//! `carta-dr wal-fetch`, then streams from the new primary. Without a repository it is a
+//! `pg_basebackup` from the new primary.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use carta_dr_core::traits::StepOutcome;
 use carta_dr_postgres::local_cluster::PgInstall;
-use carta_dr_postgres::promote::rejoin::{prepare_standby, wait_streaming, RejoinOptions};
+use carta_dr_postgres::promote::rejoin::{
+    prepare_standby, wait_streaming, RejoinMethod, RejoinOptions, StoreRejoin,
+};
+use carta_dr_postgres::replication::Repo;
 
 use crate::context::Context;
 use crate::error::CliError;
 use crate::exit::ErrorClass;
 
-/// Turn the old primary into a standby of the new primary (pg_rewind).
+const STORE_PATIENCE: Duration = Duration::from_secs(120);
+
+/// Turn the old primary into a standby of the new primary (pg_rewind, else a fresh copy).
 #[derive(clap::Args, Debug)]
 pub struct Args {
     /// The old primary's data directory (it must be stopped).
@@ -24,7 +34,8 @@ pub struct Args {
     /// The primary_conninfo to stream with (default: --source).
     #[arg(long, value_name = "CONNINFO")]
     pub primary_conninfo: Option<String>,
-    /// Allow emptying the data directory for a fresh copy when a rewind is impossible.
+    /// Allow emptying the data directory for a fresh copy when a rewind is impossible (the
+    /// newest backup of --repo when one is configured, else pg_basebackup from --source).
     #[arg(long)]
     pub allow_delete_datadir: bool,
     /// Prepare only; do not start the server.
@@ -48,7 +59,7 @@ pub struct Args {
 }
 
 /// Runs the rejoin.
-pub async fn run(_ctx: &Context, args: Args) -> Result<(), CliError> {
+pub async fn run(ctx: &Context, args: Args) -> Result<(), CliError> {
     if !args.no_start && args.conninfo.is_none() {
         return Err(CliError::new(
             ErrorClass::Usage,
@@ -62,6 +73,14 @@ pub async fn run(_ctx: &Context, args: Args) -> Result<(), CliError> {
         source_conninfo: args.source.clone(),
         primary_conninfo: args.primary_conninfo.clone(),
         allow_delete_datadir: args.allow_delete_datadir,
+        from_store: match &ctx.repo {
+            Some(_) => Some(StoreRejoin {
+                repo: Repo::new(ctx.store(STORE_PATIENCE)?, ctx.envelope_options()?),
+                restore_command: super::restore::wal_fetch_command(ctx)?,
+                concurrency: 4,
+            }),
+            None => None,
+        },
     };
     let (report, err) = match prepare_standby(&install, &opts).await {
         Ok(r) => (r, None),
@@ -77,6 +96,14 @@ pub async fn run(_ctx: &Context, args: Args) -> Result<(), CliError> {
         if !s.detail.is_empty() {
             println!("               {}", s.detail);
         }
+    }
+    if let Some(m) = report.method {
+        let name = match m {
+            RejoinMethod::PgRewind => "pg_rewind",
+            RejoinMethod::BaseBackup => "pg_basebackup",
+            RejoinMethod::StoreRestore => "store_restore",
+        };
+        println!("method: {name}");
     }
     if let Some(e) = err {
         return Err(CliError::new(ErrorClass::of(&e), e.to_string()).context("rejoin"));

@@ -130,6 +130,28 @@ pub fn parse_time(s: &str) -> Option<u64> {
     u64::try_from(secs).ok()
 }
 
+/// The `restore_command` that fetches WAL from this context's repository: this binary's
+/// absolute path, `--repo`, the key file and configuration file if any, `wal-fetch %f %p`.
+pub fn wal_fetch_command(ctx: &Context) -> Result<String, CliError> {
+    let exe = std::env::current_exe()
+        .and_then(|p| p.canonicalize())
+        .map_err(|e| CliError::new(ErrorClass::Io, format!("locating the carta-dr binary: {e}")))?;
+    let mut cmd = vec![sh_quote(&exe.display().to_string())];
+    cmd.push("--repo".into());
+    cmd.push(sh_quote(ctx.repo_url()?));
+    if let Some(KeySource::File(p)) = &ctx.key_source {
+        let p = p.canonicalize().unwrap_or_else(|_| p.clone());
+        cmd.push("--key-file".into());
+        cmd.push(sh_quote(&p.display().to_string()));
+    }
+    if let Ok(c) = std::env::var("CARTA_DR_CONFIG") {
+        cmd.push("--config".into());
+        cmd.push(sh_quote(&c));
+    }
+    cmd.push("wal-fetch %f %p".into());
+    Ok(cmd.join(" "))
+}
+
 /// Runs `restore`.
 pub async fn run(ctx: &Context, a: Args) -> Result<(), CliError> {
     let target = if let Some(t) = &a.target_time {
@@ -163,22 +185,7 @@ pub async fn run(ctx: &Context, a: Args) -> Result<(), CliError> {
     } else {
         BackupSelector::Id(a.backup.parse::<BackupId>()?)
     };
-    let exe = std::env::current_exe()
-        .and_then(|p| p.canonicalize())
-        .map_err(|e| CliError::new(ErrorClass::Io, format!("locating the carta-dr binary: {e}")))?;
-    let mut cmd = vec![sh_quote(&exe.display().to_string())];
-    cmd.push("--repo".into());
-    cmd.push(sh_quote(ctx.repo_url()?));
-    if let Some(KeySource::File(p)) = &ctx.key_source {
-        let p = p.canonicalize().unwrap_or_else(|_| p.clone());
-        cmd.push("--key-file".into());
-        cmd.push(sh_quote(&p.display().to_string()));
-    }
-    if let Ok(c) = std::env::var("CARTA_DR_CONFIG") {
-        cmd.push("--config".into());
-        cmd.push(sh_quote(&c));
-    }
-    cmd.push("wal-fetch %f %p".into());
+    let restore_command = wal_fetch_command(ctx)?;
     let mut extra = Vec::new();
     for s in &a.settings {
         let (k, v) = s.split_once('=').ok_or_else(|| {
@@ -209,7 +216,7 @@ pub async fn run(ctx: &Context, a: Args) -> Result<(), CliError> {
         }),
         standby: a.standby,
         delta: a.delta,
-        restore_command: Some(cmd.join(" ")),
+        restore_command: Some(restore_command),
         extra_settings: extra,
         concurrency: a.concurrency.max(1),
     };

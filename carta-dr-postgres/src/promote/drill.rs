@@ -679,6 +679,7 @@ async fn rejoin_old_primary(
         source_conninfo: new_primary.to_string(),
         primary_conninfo: Some(format!("{new_primary} application_name=old_primary")),
         allow_delete_datadir: false,
+        from_store: None,
     };
     let r = async {
         let report = rejoin::prepare_standby(install, &opts)

@@ -11,8 +11,18 @@
 //!    `primary_conninfo`.
 //! 4. When a rewind is impossible (neither checksums nor `wal_log_hints`, or `pg_rewind`
 //!    failed), and only with [`RejoinOptions::allow_delete_datadir`], the data directory is
-//!    emptied and refilled with `pg_basebackup -R -X stream` from the new primary. Without the
-//!    flag the rejoin stops and says why: a data directory is never deleted unasked.
+//!    emptied and refilled:
+//!    - with a repository ([`RejoinOptions::from_store`]): the newest backup is restored from
+//!      the store as a standby (`standby.signal`, the store's `restore_command`, recovery to
+//!      the end of the archive on the latest timeline) and `primary_conninfo` names the new
+//!      primary, so the server replays the archived WAL and then streams
+//!      ([`RejoinMethod::StoreRestore`]); the restored files are handed to the PostgreSQL OS
+//!      user;
+//!    - without one: `pg_basebackup -R -X stream` from the new primary
+//!      ([`RejoinMethod::BaseBackup`]).
+//!
+//!    Without the flag the rejoin stops and says why: a data directory is never deleted
+//!    unasked.
 //!
 //! Starting the server and waiting until it streams is left to the caller
 //! ([`wait_streaming`]), which knows how the server is run (`pg_ctl`, systemd, a drill).
@@ -27,6 +37,8 @@ use serde::{Deserialize, Serialize};
 use super::fence::postmaster_running;
 use super::sql;
 use crate::local_cluster::{conf_quote, PgInstall};
+use crate::replication::Repo;
+use crate::restore::{restore, BackupSelector, RecoveryTarget, RestoreOptions};
 
 /// What `pg_controldata` says about rewinding a data directory.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -106,6 +118,21 @@ pub struct RejoinOptions {
     pub primary_conninfo: Option<String>,
     /// Allow emptying the data directory for a fresh copy when a rewind is impossible.
     pub allow_delete_datadir: bool,
+    /// Where the fresh copy comes from when a rewind is impossible: the newest backup of this
+    /// repository (`None`: `pg_basebackup` from the new primary).
+    pub from_store: Option<StoreRejoin>,
+}
+
+/// A fresh copy restored from a repository instead of copied from the new primary.
+#[derive(Clone, Debug)]
+pub struct StoreRejoin {
+    /// The repository holding the backups and the WAL archive.
+    pub repo: Repo,
+    /// The `restore_command` the standby fetches archived WAL with (e.g.
+    /// `/usr/bin/carta-dr --repo URL wal-fetch %f %p`).
+    pub restore_command: String,
+    /// Files restored at once.
+    pub concurrency: usize,
 }
 
 /// How the old primary was brought back.
@@ -116,6 +143,8 @@ pub enum RejoinMethod {
     PgRewind,
     /// A fresh `pg_basebackup` from the new primary.
     BaseBackup,
+    /// The newest backup restored from the store, replaying the archive, then streaming.
+    StoreRestore,
 }
 
 /// What a rejoin did.
@@ -199,11 +228,22 @@ pub async fn prepare_standby(
         return Err((report, e));
     }
     let start = Instant::now();
-    let r = fresh_copy(install, opts).await;
-    report.steps.push(timed("pg_basebackup", start, &r));
+    let (step, method, r) = match &opts.from_store {
+        Some(store) => (
+            "store_restore",
+            RejoinMethod::StoreRestore,
+            store_copy(install, opts, store).await,
+        ),
+        None => (
+            "pg_basebackup",
+            RejoinMethod::BaseBackup,
+            fresh_copy(install, opts).await,
+        ),
+    };
+    report.steps.push(timed(step, start, &r));
     match r {
         Ok(_) => {
-            report.method = Some(RejoinMethod::BaseBackup);
+            report.method = Some(method);
             Ok(report)
         }
         Err(e) => Err((report, e)),
@@ -256,13 +296,14 @@ fn set_primary_conninfo(install: &PgInstall, opts: &RejoinOptions) -> Result<()>
     Ok(())
 }
 
-async fn fresh_copy(install: &PgInstall, opts: &RejoinOptions) -> Result<String> {
+/// Empties the data directory, keeping the directory itself (its owner and mode); only with
+/// [`RejoinOptions::allow_delete_datadir`].
+fn empty_data_dir(opts: &RejoinOptions) -> Result<()> {
     if !opts.allow_delete_datadir {
         return Err(Error::invalid_input(
             "a fresh copy replaces the data directory: --allow-delete-datadir is required",
         ));
     }
-    // Keep the directory itself (its owner and mode); empty it.
     let dir = &opts.data_dir;
     let entries =
         std::fs::read_dir(dir).map_err(|e| Error::io(format!("reading {}", dir.display()), e))?;
@@ -276,6 +317,58 @@ async fn fresh_copy(install: &PgInstall, opts: &RejoinOptions) -> Result<String>
         };
         r.map_err(|err| Error::io(format!("removing {}", p.display()), err))?;
     }
+    Ok(())
+}
+
+async fn store_copy(
+    install: &PgInstall,
+    opts: &RejoinOptions,
+    store: &StoreRejoin,
+) -> Result<String> {
+    empty_data_dir(opts)?;
+    let dir = &opts.data_dir;
+    let ropts = RestoreOptions {
+        target_dir: dir.clone(),
+        backup: BackupSelector::Latest,
+        target: RecoveryTarget::EndOfWal,
+        action: None,
+        standby: true,
+        delta: false,
+        restore_command: Some(store.restore_command.clone()),
+        extra_settings: Vec::new(),
+        concurrency: store.concurrency.max(1),
+    };
+    let r = restore(&store.repo, &ropts).await?;
+    // Restored by this process (root, say); the server runs as the PostgreSQL OS user.
+    install.give_tree(dir)?;
+    // Unlike `pg_rewind -R` and `pg_basebackup -R`, a restore writes no `primary_conninfo`.
+    let streaming = RejoinOptions {
+        primary_conninfo: Some(
+            opts.primary_conninfo
+                .clone()
+                .unwrap_or_else(|| opts.source_conninfo.clone()),
+        ),
+        ..opts.clone()
+    };
+    set_primary_conninfo(install, &streaming)?;
+    Ok(format!(
+        "emptied {} and restored backup {} from the store ({} files, {} bytes); it replays \
+         the archive, then streams from {}",
+        dir.display(),
+        r.backup.map(|b| b.to_string()).unwrap_or_default(),
+        r.files_written,
+        r.bytes_written,
+        sql::redact(
+            opts.primary_conninfo
+                .as_deref()
+                .unwrap_or(&opts.source_conninfo)
+        )
+    ))
+}
+
+async fn fresh_copy(install: &PgInstall, opts: &RejoinOptions) -> Result<String> {
+    empty_data_dir(opts)?;
+    let dir = &opts.data_dir;
     let mut cmd = install.command("pg_basebackup");
     cmd.arg("-D")
         .arg(dir)
@@ -284,8 +377,7 @@ async fn fresh_copy(install: &PgInstall, opts: &RejoinOptions) -> Result<String>
     install.run_checked(cmd, "pg_basebackup").await?;
     set_primary_conninfo(install, opts)?;
     Ok(format!(
-        "emptied {} and copied it afresh with pg_basebackup from {} (the store is not used \
-         for this yet)",
+        "emptied {} and copied it afresh with pg_basebackup from {}",
         dir.display(),
         sql::redact(&opts.source_conninfo)
     ))
