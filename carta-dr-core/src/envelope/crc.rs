@@ -85,6 +85,7 @@ const X2N: [u32; 67] = {
 };
 
 /// x^n mod P, bit-reflected (bit i holds the coefficient of x^(31-i)), as a `u64`.
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 const fn xpow_mod_p(n: u32) -> u64 {
     let mut v: u32 = 0x8000_0000; // x^0
     let mut i = 0;
@@ -101,6 +102,7 @@ const fn xpow_mod_p(n: u32) -> u64 {
 
 /// The two constants that fold a 128-bit block forward by `t` bits: (high-degree half,
 /// low-degree half).
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 const fn fold_consts(t: u32) -> (u64, u64) {
     (xpow_mod_p(t + 31), xpow_mod_p(t - 33))
 }
