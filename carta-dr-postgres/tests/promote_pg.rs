@@ -101,7 +101,18 @@ async fn promote_refuses_a_standby_lagging_beyond_the_budget() {
         "postgres",
         "ALTER SYSTEM SET primary_conninfo = ''; SELECT pg_reload_conf(); SELECT pg_wal_replay_pause();",
     );
-    standby.wait_until("the WAL receiver to stop", Duration::from_secs(30), || {
+    // End the replication connection from the primary's side as well, so the receiver does
+    // not linger in a blocked read until a timeout; with an empty primary_conninfo it does
+    // not come back.
+    primary.wait_until("the WAL sender to end", Duration::from_secs(60), || {
+        primary
+            .try_psql(
+                "postgres",
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_replication",
+            )
+            .is_ok_and(|s| s == "0")
+    });
+    standby.wait_until("the WAL receiver to stop", Duration::from_secs(60), || {
         standby
             .try_psql("postgres", "SELECT count(*) FROM pg_stat_wal_receiver")
             .is_ok_and(|s| s == "0")
