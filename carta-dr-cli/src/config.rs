@@ -49,9 +49,10 @@ pub struct WalConfig {
     /// How many further `.ready` segments `wal-push` pushes along with the one asked for
     /// (0 disables look-ahead).
     pub push_look_ahead: usize,
-    /// How many uploads `wal-push` runs at once during look-ahead.
+    /// How many uploads `wal-push` runs at once, the requested file included.
     pub push_concurrency: usize,
-    /// How many following segments `wal-fetch` fetches into the spool (0 disables prefetch).
+    /// How many following segments `wal-fetch` keeps in the spool (0 disables prefetch). The
+    /// spool is refilled in batches, once fewer than half of them are there.
     pub fetch_prefetch: usize,
     /// How many downloads `wal-fetch` runs at once during prefetch.
     pub fetch_concurrency: usize,

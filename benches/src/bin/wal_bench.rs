@@ -237,11 +237,13 @@ fn main() {
         .conf("max_wal_size", "8GB")
         .conf("checkpoint_timeout", "1h")
         .start();
+    let first: String = pg.psql("postgres", "SELECT pg_walfile_name(pg_current_wal_lsn())");
+    // Scale 4 per wanted segment: the load writes about a segment per unit of scale.
+    let scale = (count as u64 * 4 / 5).max(4).to_string();
     run_ok(
-        pg.command("pgbench").args(["-i", "-s", "20", "-q"]),
+        pg.command("pgbench").args(["-i", "-s", &scale, "-q"]),
         "pgbench -i",
     );
-    let first: String = pg.psql("postgres", "SELECT pg_walfile_name(pg_current_wal_lsn())");
     loop {
         run_ok(
             pg.command("pgbench")

@@ -20,6 +20,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use carta_dr_core::archive::StoreWalArchive;
 use carta_dr_core::wal::inspect_segment;
 use carta_dr_core::{WalFileName, WalSegmentName, WalSegmentSize};
@@ -86,7 +87,7 @@ async fn fetch(ctx: &Context, args: Args) -> Result<(), CliError> {
         }
         None => {
             let a = ctx.wal_archive(STORE_PATIENCE)?;
-            let d = fetch_one(&a, name).await.map_err(|e| {
+            let (d, _) = fetch_one(&a, name).await.map_err(|e| {
                 let e = CliError::from(e);
                 if e.class == ErrorClass::NotFound {
                     CliError::new(
@@ -122,17 +123,16 @@ async fn fetch(ctx: &Context, args: Args) -> Result<(), CliError> {
 async fn fetch_one(
     archive: &Arc<StoreWalArchive>,
     name: WalFileName,
-) -> Result<Vec<u8>, carta_dr_core::Error> {
+) -> Result<(Bytes, u32), carta_dr_core::Error> {
     let sealed = archive.fetch_sealed(&name).await?;
     let a = archive.clone();
-    let (data, _crc) = tokio::task::spawn_blocking(move || a.open_verified(&name, &sealed))
+    tokio::task::spawn_blocking(move || a.open_verified(&name, &sealed))
         .await
-        .map_err(|e| carta_dr_core::Error::invalid_input(format!("opening {name}: {e}")))??;
-    Ok(data.to_vec())
+        .map_err(|e| carta_dr_core::Error::invalid_input(format!("opening {name}: {e}")))?
 }
 
 /// The prefetched copy of `name`, re-verified; it is removed from the spool either way.
-fn from_spool(spool: &Spool, name: &WalFileName) -> Option<Vec<u8>> {
+fn from_spool(spool: &Spool, name: &WalFileName) -> Option<Bytes> {
     let (path, crc) = spool.fetched(name)?;
     let data = std::fs::read(&path).ok();
     let _ = std::fs::remove_file(&path);
@@ -147,7 +147,7 @@ fn from_spool(spool: &Spool, name: &WalFileName) -> Option<Vec<u8>> {
             return None;
         }
     }
-    Some(data)
+    Some(Bytes::from(data))
 }
 
 async fn prefetch(
@@ -185,6 +185,11 @@ async fn prefetch(
             wanted.push(n);
         }
     }
+    // Refill in batches: only once fewer than half of the window is spooled, so that each
+    // batch runs `fetch_concurrency` downloads and decompressions at once.
+    if k - wanted.len() > k / 2 {
+        return;
+    }
     wanted.truncate(room);
     if wanted.is_empty() {
         return;
@@ -193,16 +198,13 @@ async fn prefetch(
         .map(|seg| async move {
             let name = WalFileName::Segment(seg);
             match fetch_one(archive, name).await {
-                Ok(data) => {
-                    let crc = crc32c::crc32c(&data);
-                    match spool.put_fetched(&name, crc, &data) {
-                        Ok(()) => true,
-                        Err(e) => {
-                            tracing::warn!(file = %name, error = %e, "could not spool prefetched file");
-                            false
-                        }
+                Ok((data, crc)) => match spool.put_fetched(&name, crc, &data) {
+                    Ok(()) => true,
+                    Err(e) => {
+                        tracing::warn!(file = %name, error = %e, "could not spool prefetched file");
+                        false
                     }
-                }
+                },
                 Err(e) if e.is_not_found() => false,
                 Err(e) => {
                     // Recovery will ask for it and get the error then.

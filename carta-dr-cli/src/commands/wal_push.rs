@@ -61,11 +61,10 @@ pub async fn run(ctx: &Context, args: Args) -> Result<(), CliError> {
             .unwrap_or_else(|| pg_wal.join(DEFAULT_SPOOL_NAME)),
     );
     let repo = ctx.repo_url()?.to_string();
-    let data = std::fs::read(&path).map_err(|e| CliError::io("reading", &path, e))?;
-    let crc = crc32c::crc32c(&data);
-
     if let Some(m) = spool.pushed_marker(&name) {
-        if m.crc32c == crc && m.size == data.len() as u64 && m.repo == repo {
+        // Checksum the file in small reads: no 16 MiB buffer for the common fast path.
+        let (crc, size) = crc_of_file(&path)?;
+        if m.crc32c == crc && m.size == size && m.repo == repo {
             // The marker stays until PostgreSQL removes the file (see `prune_pushed`), so a
             // repeated call is as fast.
             tracing::info!(file = %name, "already stored by look-ahead");
@@ -73,10 +72,22 @@ pub async fn run(ctx: &Context, args: Args) -> Result<(), CliError> {
         }
         tracing::warn!(file = %name, "look-ahead marker does not match the file; pushing again");
     }
+    let data = std::fs::read(&path).map_err(|e| CliError::io("reading", &path, e))?;
+    let crc = crc32c::crc32c(&data);
 
     let archive = ctx.wal_archive(STORE_PATIENCE)?;
     let size = data.len() as u64;
-    match push_one(&archive, name, Bytes::from(data)).await {
+    // The look-ahead runs alongside the requested file: with `push_concurrency` 2, one
+    // look-ahead upload overlaps the main one.
+    let n = args.look_ahead.unwrap_or(ctx.config.wal.push_look_ahead);
+    let ahead = async {
+        if n > 0 {
+            let c = ctx.config.wal.push_concurrency.saturating_sub(1).max(1);
+            look_ahead(&archive, &spool, &pg_wal, name, n, c, &repo).await;
+        }
+    };
+    let (main, ()) = tokio::join!(push_one(&archive, name, Bytes::from(data)), ahead);
+    match main {
         Ok(outcome) => {
             tracing::info!(file = %name, ?outcome, store = %archive.store(), "archived");
             spool.clear_pushed(&name);
@@ -86,22 +97,26 @@ pub async fn run(ctx: &Context, args: Args) -> Result<(), CliError> {
             return safety_valve(ctx, &archive, &spool, &pg_wal, name, size, crc, err).await;
         }
     }
-
     flush_drop_records(&archive, &spool).await;
-    let n = args.look_ahead.unwrap_or(ctx.config.wal.push_look_ahead);
-    if n > 0 {
-        look_ahead(
-            &archive,
-            &spool,
-            &pg_wal,
-            name,
-            n,
-            ctx.config.wal.push_concurrency,
-            &repo,
-        )
-        .await;
-    }
     Ok(())
+}
+
+/// CRC-32C and size of a file, read in 256 KiB pieces.
+fn crc_of_file(path: &Path) -> Result<(u32, u64), CliError> {
+    use std::io::Read;
+    let mut f = std::fs::File::open(path).map_err(|e| CliError::io("opening", path, e))?;
+    let mut buf = vec![0u8; 256 * 1024];
+    let (mut crc, mut size) = (0u32, 0u64);
+    loop {
+        let n = f
+            .read(&mut buf)
+            .map_err(|e| CliError::io("reading", path, e))?;
+        if n == 0 {
+            return Ok((crc, size));
+        }
+        crc = crc32c::crc32c_append(crc, &buf[..n]);
+        size += n as u64;
+    }
 }
 
 fn wal_name_of(path: &Path) -> Result<WalFileName, CliError> {
