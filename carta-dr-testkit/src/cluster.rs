@@ -405,6 +405,12 @@ impl PgCluster {
             .arg(&self.data_dir)
             .args(["-m", "fast", "-w", "-t", "120", "stop"]);
         let out = cmd.output();
+        // pg_ctl reports "server stopped" once postmaster.pid is gone; the postmaster process
+        // removes that file on its way out and may live a moment longer. Wait for it to exit.
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while self.is_running() && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
         if self.is_running() {
             panic!(
                 "pg_ctl stop failed ({out:?}); server log:\n{}",
