@@ -80,6 +80,18 @@ pub(crate) fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
     era * 146_097 + doe - 719_468
 }
 
+/// A Unix time (seconds, UTC) as `YYYY-MM-DD HH:MM:SS`, the form reports and logs print.
+pub fn format_utc(unix_secs: u64) -> String {
+    let (y, m, d) = civil_from_days((unix_secs / 86_400) as i64);
+    let rem = unix_secs % 86_400;
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}",
+        rem / 3600,
+        (rem / 60) % 60,
+        rem % 60
+    )
+}
+
 impl fmt::Display for BackupId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let days = (self.secs / 86_400) as i64;
@@ -210,6 +222,12 @@ mod tests {
         ] {
             assert!(bad.parse::<BackupId>().is_err(), "{bad:?} accepted");
         }
+    }
+
+    #[test]
+    fn formats_utc() {
+        assert_eq!(format_utc(0), "1970-01-01 00:00:00");
+        assert_eq!(format_utc(1_795_440_240), "2026-11-23 13:24:00");
     }
 
     #[test]

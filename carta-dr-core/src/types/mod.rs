@@ -6,7 +6,7 @@ mod store_path;
 mod timeline;
 mod wal_name;
 
-pub use backup_id::BackupId;
+pub use backup_id::{format_utc, BackupId};
 pub use lsn::Lsn;
 pub use store_path::StorePath;
 pub use timeline::TimelineId;

@@ -22,26 +22,7 @@ pub fn new_id(unix: u64) -> String {
 }
 
 /// `YYYY-MM-DD HH:MM:SS` (UTC) of a Unix time.
-pub fn format_utc(unix: u64) -> String {
-    let days = i64::try_from(unix / 86400).unwrap_or(0);
-    let rem = unix % 86400;
-    // Civil from days (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}",
-        rem / 3600,
-        (rem / 60) % 60,
-        rem % 60
-    )
-}
+pub use carta_dr_core::types::format_utc;
 
 fn path_of(id: &str) -> Result<StorePath> {
     if id.is_empty()
