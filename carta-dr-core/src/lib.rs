@@ -23,6 +23,7 @@ pub mod error;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod manifest;
+pub mod pagecheck;
 pub mod store;
 pub mod traits;
 pub mod types;
