@@ -113,6 +113,7 @@ pub struct StoreWalArchive {
     store: Arc<dyn Store>,
     opts: EnvelopeOptions,
     cluster: Mutex<Option<ClusterIdentity>>,
+    threads: usize,
 }
 
 impl std::fmt::Debug for StoreWalArchive {
@@ -121,18 +122,28 @@ impl std::fmt::Debug for StoreWalArchive {
             .field("store", &self.store.to_string())
             .field("codec", &self.opts.codec)
             .field("encrypted", &self.opts.key.is_some())
+            .field("threads", &self.threads)
             .finish()
     }
 }
 
 impl StoreWalArchive {
-    /// An archive in `store`, sealing with `opts` (whose key, if any, also opens).
+    /// An archive in `store`, sealing with `opts` (whose key, if any, also opens). Each
+    /// object is sealed and opened on up to [`envelope::default_threads`] threads.
     pub fn new(store: Arc<dyn Store>, opts: EnvelopeOptions) -> Self {
         StoreWalArchive {
             store,
             opts,
             cluster: Mutex::new(None),
+            threads: envelope::default_threads(),
         }
+    }
+
+    /// The same archive, sealing and opening each object on up to `threads` threads (1:
+    /// sequentially, on the calling thread).
+    pub fn with_threads(mut self, threads: usize) -> Self {
+        self.threads = threads.max(1);
+        self
     }
 
     /// The underlying store.
@@ -211,7 +222,7 @@ impl StoreWalArchive {
         cluster: Option<&ClusterIdentity>,
     ) -> Result<PreparedPush> {
         let validated = validate_wal_file(name, data, cluster)?;
-        let (sealed, stats) = envelope::seal_with_stats(&self.opts, data)?;
+        let (sealed, stats) = envelope::seal_parallel(&self.opts, data, self.threads)?;
         Ok(PreparedPush {
             name: *name,
             crc32c: stats.crc32c,
@@ -250,7 +261,7 @@ impl StoreWalArchive {
         len: u64,
     ) -> Result<PushOutcome> {
         let path = path_of(name)?;
-        let stored = self.fetch_at(&path).await.map_err(|e| match e {
+        let (stored_len, stored_crc) = self.fetch_at(&path).await.map_err(|e| match e {
             Error::Corrupt { path, chunk, what } => Error::Corrupt {
                 path,
                 chunk,
@@ -262,8 +273,7 @@ impl StoreWalArchive {
             },
             other => other,
         })?;
-        let stored_crc = crc32c::crc32c(&stored);
-        if stored_crc == crc && stored.len() as u64 == len {
+        if stored_crc == crc && stored_len == len {
             tracing::debug!(file = %name, "already archived with identical content");
             Ok(PushOutcome::AlreadyArchived)
         } else {
@@ -271,17 +281,18 @@ impl StoreWalArchive {
                 path: path.to_string(),
                 what: format!(
                     "{name} is already archived with different content: stored CRC-32C \
-                     {stored_crc:08x} ({} bytes), pushed CRC-32C {crc:08x} ({len} bytes); the \
-                     stored copy is kept",
-                    stored.len()
+                     {stored_crc:08x} ({stored_len} bytes), pushed CRC-32C {crc:08x} ({len} \
+                     bytes); the stored copy is kept"
                 ),
             })
         }
     }
 
-    async fn fetch_at(&self, path: &StorePath) -> Result<Vec<u8>> {
+    /// The length and CRC-32C of the verified content at `path`.
+    async fn fetch_at(&self, path: &StorePath) -> Result<(u64, u32)> {
         let sealed = self.store.get_bytes(path).await?;
-        envelope::open(path.as_str(), &sealed, self.key())
+        let (_, stats) = envelope::open_parallel(path.as_str(), &sealed, self.key(), self.threads)?;
+        Ok((stats.raw_len, stats.crc32c))
     }
 
     /// Fetches and verifies `name`, returning its content and CRC-32C. Every envelope
@@ -301,14 +312,14 @@ impl StoreWalArchive {
     /// checksum; for segments, the first page against the name).
     pub fn open_verified(&self, name: &WalFileName, sealed: &[u8]) -> Result<(Bytes, u32)> {
         let path = path_of(name)?;
-        let data = envelope::open(path.as_str(), sealed, self.key())?;
+        let (data, stats) =
+            envelope::open_parallel(path.as_str(), sealed, self.key(), self.threads)?;
         if let WalFileName::Segment(s) | WalFileName::Partial(s) = name {
             inspect_segment(s, matches!(name, WalFileName::Partial(_)), &data).map_err(|e| {
                 Error::corrupt(&path, None, format!("stored content fails validation: {e}"))
             })?;
         }
-        let crc = crc32c::crc32c(&data);
-        Ok((Bytes::from(data), crc))
+        Ok((Bytes::from(data), stats.crc32c))
     }
 
     /// Records a file the disk safety valve dropped (create-only; a second record of the same

@@ -23,6 +23,8 @@
 //! # Entry points
 //!
 //! * Whole buffers: [`seal`] and [`open`]; [`inspect`] reads just the header.
+//! * Whole buffers on several threads: [`seal_parallel`] and [`open_parallel`] (the same
+//!   bytes and the same checks).
 //! * Streams with bounded memory (objects of many GB): [`Sealer`] (an `io::Write`) and
 //!   [`Opener`] (an `io::Read`), both built on the sans-IO [`Decoder`].
 //! * Over a [`Store`](crate::Store): [`put_sealed`] / [`get_opened`] for whole objects,
@@ -46,6 +48,7 @@ mod decode;
 mod encode;
 pub(crate) mod format;
 mod key;
+mod parallel;
 mod store_io;
 
 use std::sync::Arc;
@@ -55,6 +58,7 @@ pub use decode::{Decoder, Opener};
 pub use encode::Sealer;
 pub use format::{FORMAT_VERSION, HEADER_LEN, MAX_CHUNK_SIZE};
 pub use key::Key;
+pub use parallel::{default_threads, open_parallel, seal_parallel};
 pub use store_io::{get_opened, get_opened_stream, put_sealed, SealedWriter};
 
 use crate::{Error, Result};

@@ -1,0 +1,782 @@
+//! Whole-buffer sealing and opening on several threads.
+//!
+//! Chunks are independent once the header is known (each frame binds the header's CRC and
+//! its own index), so [`seal_parallel`] compresses (and encrypts) them on up to `threads`
+//! threads and [`open_parallel`] verifies and decompresses them the same way. The bytes
+//! produced are exactly those of [`seal`](super::seal) (for encrypted objects: given the
+//! same random salt), and opening performs every check [`open`](super::open) performs:
+//! header, each frame header, each payload's stored and raw CRC-32C (and authentication),
+//! the chunk order and sizes, the trailer and the whole-content CRC-32C, nothing after the
+//! trailer. Only the order in which several independent faults of one object are found may
+//! differ.
+//!
+//! Threads are scoped (`std::thread::scope`): nothing outlives the call, and the calling
+//! thread works too.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+
+use zstd::zstd_safe::{self, DCtx, ResetDirective};
+
+use super::codec::Compressor;
+use super::decode::DecoderCore;
+use super::encode::{chunk_aad, seal_all, trailer_aad};
+use super::format::{
+    self, Frame, Header, Trailer, CHUNK_STORED, CIPHER_AES_256_GCM, CIPHER_NONE, CODEC_NONE,
+    CODEC_ZSTD, FRAME_HEADER_LEN, HEADER_LEN, KEY_CHECK_LEN, KIND_CHUNK, KIND_TRAILER,
+    MAX_CHUNK_SIZE, RAW_LEN_UNKNOWN, SALT_LEN, TAG_LEN, TRAILER_LEN_ENCRYPTED, TRAILER_LEN_PLAIN,
+};
+use super::key::{Key, ObjectCipher};
+use super::{Codec, EnvelopeOptions, SealStats};
+use crate::{Error, Result};
+
+/// The largest object [`open_parallel`] decodes into one buffer; larger ones (and objects
+/// whose header does not announce their length) are opened sequentially.
+const PARALLEL_OPEN_MAX: u64 = 1 << 30;
+
+/// The number of threads worth using on this machine (at least 1).
+pub fn default_threads() -> usize {
+    std::thread::available_parallelism()
+        .map(std::num::NonZeroUsize::get)
+        .unwrap_or(1)
+}
+
+/// Seals a whole buffer like [`seal_with_stats`](super::seal_with_stats), compressing and
+/// encrypting its chunks on up to `threads` threads (the caller's included).
+///
+/// The output is byte for byte what the sequential sealer writes for the same options (and,
+/// with a key, the same salt).
+pub fn seal_parallel(
+    opts: &EnvelopeOptions,
+    data: &[u8],
+    threads: usize,
+) -> Result<(Vec<u8>, SealStats)> {
+    let cs = opts.chunk_size;
+    if cs == 0 || cs > MAX_CHUNK_SIZE {
+        // The sequential sealer reports the error.
+        return seal_all(opts, data);
+    }
+    let n = data.len().div_ceil(cs);
+    let threads = threads.min(n);
+    if threads <= 1 {
+        return seal_all(opts, data);
+    }
+    let (codec, level) = match opts.codec {
+        Codec::None => (CODEC_NONE, 0),
+        Codec::Zstd { level } => (CODEC_ZSTD, level),
+    };
+    let mut salt = [0u8; SALT_LEN];
+    let (cipher_id, cipher, key_check) = match &opts.key {
+        None => (CIPHER_NONE, None, [0u8; KEY_CHECK_LEN]),
+        Some(key) => {
+            rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut salt);
+            let (c, check) = key.derive(&salt);
+            (CIPHER_AES_256_GCM, Some(c), check)
+        }
+    };
+    let header = Header {
+        codec,
+        level,
+        cipher: cipher_id,
+        chunk_size: cs as u32,
+        raw_len: data.len() as u64,
+        salt,
+        key_check,
+    }
+    .encode();
+    seal_chunks(&header, cipher.as_ref(), codec, level, data, cs, threads)
+}
+
+/// Seals the chunks of `data` under an encoded `header` and appends the trailer.
+fn seal_chunks(
+    header: &[u8; HEADER_LEN],
+    cipher: Option<&ObjectCipher>,
+    codec: u8,
+    level: i32,
+    data: &[u8],
+    cs: usize,
+    threads: usize,
+) -> Result<(Vec<u8>, SealStats)> {
+    let header_crc = Header::crc_of(header);
+    let n = data.len().div_ceil(cs);
+    let next = AtomicUsize::new(0);
+    let work = || -> Result<SealedFrames> {
+        let mut compressor = if codec == CODEC_ZSTD {
+            Some(Compressor::new(level)?)
+        } else {
+            None
+        };
+        let mut done = Vec::new();
+        loop {
+            let i = next.fetch_add(1, Ordering::Relaxed);
+            let Some(raw) = data.chunks(cs).nth(i) else {
+                return Ok(done);
+            };
+            let (frame, crc) = encode_frame(
+                header,
+                header_crc,
+                compressor.as_mut(),
+                cipher,
+                i as u64,
+                raw,
+            )?;
+            done.push((i, frame, crc));
+        }
+    };
+    let results: Vec<Result<SealedFrames>> = std::thread::scope(|s| {
+        let handles: Vec<_> = (1..threads).map(|_| s.spawn(work)).collect();
+        let mut all = vec![work()];
+        for h in handles {
+            all.push(
+                h.join()
+                    .unwrap_or_else(|_| Err(Error::invalid_input("a sealing thread panicked"))),
+            );
+        }
+        all
+    });
+    let mut frames: Vec<Option<(Vec<u8>, u32)>> = (0..n).map(|_| None).collect();
+    for r in results {
+        for (i, frame, crc) in r? {
+            if let Some(slot) = frames.get_mut(i) {
+                *slot = Some((frame, crc));
+            }
+        }
+    }
+    let body: usize = frames.iter().flatten().map(|(f, _)| f.len()).sum();
+    let mut out = Vec::with_capacity(HEADER_LEN + body + TRAILER_LEN_ENCRYPTED);
+    out.extend_from_slice(header);
+    let mut content_crc = 0u32;
+    let mut raw_left = data.len();
+    for slot in frames {
+        let (frame, crc) =
+            slot.ok_or_else(|| Error::invalid_input("a chunk was not sealed (internal error)"))?;
+        let len = raw_left.min(cs);
+        raw_left -= len;
+        content_crc = super::crc::crc32c_combine(content_crc, crc, len);
+        out.extend_from_slice(&frame);
+    }
+    let mut trailer = Trailer {
+        chunks: n as u64,
+        raw_len: data.len() as u64,
+        content_crc: content_crc.to_le_bytes(),
+    };
+    let mut tag = None;
+    if let Some(c) = cipher {
+        let aad = trailer_aad(header, &trailer);
+        let nonce = format::nonce(format::NONCE_TRAILER, n as u64);
+        tag = Some(c.seal(&nonce, &aad, &mut trailer.content_crc)?);
+    }
+    out.extend_from_slice(&trailer.encode(header_crc));
+    if let Some(tag) = tag {
+        out.extend_from_slice(&tag);
+    }
+    let stats = SealStats {
+        raw_len: data.len() as u64,
+        stored_len: out.len() as u64,
+        chunks: n as u64,
+        crc32c: content_crc,
+    };
+    Ok((out, stats))
+}
+
+/// The frame of chunk `index` (`raw`: 1 to `chunk_size` bytes) and its raw CRC-32C; the same
+/// bytes as the sequential encoder's `encode_chunk`.
+fn encode_frame(
+    header: &[u8; HEADER_LEN],
+    header_crc: u32,
+    compressor: Option<&mut Compressor>,
+    cipher: Option<&ObjectCipher>,
+    index: u64,
+    raw: &[u8],
+) -> Result<(Vec<u8>, u32)> {
+    let max = FRAME_HEADER_LEN + zstd_safe::compress_bound(raw.len()) + 4 + TAG_LEN;
+    let mut out = Vec::with_capacity(max);
+    out.extend_from_slice(&[0u8; FRAME_HEADER_LEN]);
+    let body = FRAME_HEADER_LEN;
+    let raw_crc = super::crc::crc32c(raw);
+    let mut codec = CHUNK_STORED;
+    if let Some(c) = compressor {
+        let n = c.compress_append(raw, &mut out)?;
+        if n < raw.len() {
+            codec = CODEC_ZSTD;
+        } else {
+            out.truncate(body);
+        }
+    }
+    if codec == CHUNK_STORED {
+        out.extend_from_slice(raw);
+    }
+    let raw_len = raw.len() as u32;
+    let frame = if let Some(cipher) = cipher {
+        out.extend_from_slice(&raw_crc.to_le_bytes());
+        let stored_len = (out.len() - body + TAG_LEN) as u32;
+        let mut frame = Frame {
+            codec,
+            stored_len,
+            raw_len,
+            raw_crc: 0,
+            stored_crc: 0,
+        };
+        let aad = chunk_aad(header, &frame, index);
+        let nonce = format::nonce(format::NONCE_CHUNK, index);
+        let tag = cipher.seal(&nonce, &aad, &mut out[body..])?;
+        out.extend_from_slice(&tag);
+        frame.stored_crc = super::crc::crc32c(&out[body..]);
+        frame
+    } else {
+        Frame {
+            codec,
+            stored_len: (out.len() - body) as u32,
+            raw_len,
+            raw_crc,
+            stored_crc: if codec == CHUNK_STORED {
+                raw_crc
+            } else {
+                super::crc::crc32c(&out[body..])
+            },
+        }
+    };
+    frame.encode_into(header_crc, index, &mut out[..body]);
+    Ok((out, raw_crc))
+}
+
+/// The frames one sealing thread produced: chunk index, frame bytes, raw CRC-32C.
+type SealedFrames = Vec<(usize, Vec<u8>, u32)>;
+
+/// One chunk located by the sequential walk over the frames.
+struct Located<'a> {
+    index: u64,
+    frame: Frame,
+    payload: &'a [u8],
+}
+
+/// Opens a whole sealed object like [`open`](super::open), verifying and decompressing its
+/// chunks on up to `threads` threads (the caller's included). Returns the content and the
+/// object's statistics (`crc32c` is the CRC-32C of the content).
+pub fn open_parallel(
+    path: &str,
+    sealed: &[u8],
+    key: Option<&Key>,
+    threads: usize,
+) -> Result<(Vec<u8>, SealStats)> {
+    let mut core = DecoderCore::new(path.to_string(), key);
+    if sealed.len() < HEADER_LEN {
+        return Err(Error::corrupt(
+            path,
+            None,
+            format!(
+                "truncated: {} bytes, shorter than the {HEADER_LEN}-byte header",
+                sealed.len()
+            ),
+        ));
+    }
+    // Header checks, including the key against the object (and no key for a plain one).
+    core.header(sealed)?;
+    let hdr = Header::parse(path, sealed)?;
+    if hdr.raw_len == RAW_LEN_UNKNOWN || hdr.raw_len > PARALLEL_OPEN_MAX {
+        let data = super::decode::open_all(path, sealed, key)?;
+        let crc = super::crc::crc32c(&data);
+        let stats = SealStats {
+            raw_len: data.len() as u64,
+            stored_len: sealed.len() as u64,
+            chunks: data.len().div_ceil(hdr.chunk_size as usize) as u64,
+            crc32c: crc,
+        };
+        return Ok((data, stats));
+    }
+    let mut header_bytes = [0u8; HEADER_LEN];
+    header_bytes.copy_from_slice(&sealed[..HEADER_LEN]);
+    let header_crc = Header::crc_of(&header_bytes);
+    let cipher = match (hdr.cipher != CIPHER_NONE, key) {
+        (true, Some(k)) => Some(k.derive(&hdr.salt).0),
+        _ => None,
+    };
+    let cs = hdr.chunk_size as usize;
+
+    // 1. Walk the frame headers (cheap, sequential): structure and lengths.
+    let truncated = |pos: usize, chunks: u64| {
+        Error::corrupt(
+            path,
+            Some(chunks),
+            format!(
+                "truncated at byte {} after {chunks} complete chunks: the object ends inside a \
+                 frame or before its trailer",
+                sealed.len().max(pos)
+            ),
+        )
+    };
+    let mut chunks: Vec<Located<'_>> = Vec::new();
+    let mut pos = HEADER_LEN;
+    let mut raw_total = 0u64;
+    let mut saw_short = false;
+    let trailer = loop {
+        let index = chunks.len() as u64;
+        let rest = sealed.get(pos..).unwrap_or(&[]);
+        if rest.len() < FRAME_HEADER_LEN {
+            return Err(truncated(pos, index));
+        }
+        match rest[0] {
+            KIND_CHUNK => {
+                if saw_short {
+                    return Err(Error::corrupt(
+                        path,
+                        Some(index),
+                        format!(
+                            "chunk {index} follows a short chunk; only the last chunk may be \
+                             shorter than {cs} bytes"
+                        ),
+                    ));
+                }
+                let frame = Frame::parse(path, &hdr, header_crc, index, rest)?;
+                let end = FRAME_HEADER_LEN + frame.stored_len as usize;
+                let Some(payload) = rest.get(FRAME_HEADER_LEN..end) else {
+                    return Err(truncated(pos, index));
+                };
+                raw_total += u64::from(frame.raw_len);
+                if raw_total > hdr.raw_len {
+                    return Err(Error::corrupt(
+                        path,
+                        Some(index),
+                        format!(
+                            "more data than the {} bytes the header announces",
+                            hdr.raw_len
+                        ),
+                    ));
+                }
+                if (frame.raw_len as usize) < cs {
+                    saw_short = true;
+                }
+                chunks.push(Located {
+                    index,
+                    frame,
+                    payload,
+                });
+                pos += end;
+            }
+            KIND_TRAILER => {
+                let Some(t) = rest.get(..hdr.trailer_len()) else {
+                    return Err(truncated(pos, index));
+                };
+                pos += t.len();
+                if pos != sealed.len() {
+                    return Err(Error::corrupt(
+                        path,
+                        None,
+                        format!("{} bytes of junk after the trailer", sealed.len() - pos),
+                    ));
+                }
+                break t;
+            }
+            other => {
+                return Err(Error::corrupt(
+                    path,
+                    Some(index),
+                    format!(
+                        "bad frame marker {other:#04x} at byte {pos}: expected chunk {index} or \
+                         the trailer"
+                    ),
+                ))
+            }
+        }
+    };
+    let n = chunks.len() as u64;
+
+    // 2. The trailer's structure before any decoding work.
+    let mut tr = Trailer::parse(path, header_crc, n, trailer)?;
+    let structure = if tr.chunks != n {
+        Some(format!(
+            "trailer counts {} chunks but {n} were read (chunks missing or added)",
+            tr.chunks
+        ))
+    } else if tr.raw_len != raw_total {
+        Some(format!(
+            "trailer says {} raw bytes but the chunks hold {raw_total}",
+            tr.raw_len
+        ))
+    } else if hdr.raw_len != raw_total {
+        Some(format!(
+            "header announces {} raw bytes but the object holds {raw_total}",
+            hdr.raw_len
+        ))
+    } else {
+        None
+    };
+    if let Some(what) = structure {
+        return Err(Error::corrupt(path, None, what));
+    }
+
+    // 3. Every chunk, in parallel, into its place in the output (all chunks but the last
+    //    are exactly `cs` bytes, as the walk checked).
+    let mut out = vec![0u8; raw_total as usize];
+    let jobs: Vec<(Located<'_>, &mut [u8])> = chunks.into_iter().zip(out.chunks_mut(cs)).collect();
+    let threads = threads.clamp(1, jobs.len().max(1));
+    let queue = Mutex::new(jobs.into_iter());
+    let work = || -> Result<Vec<(u64, u32)>> {
+        let mut dctx: Option<DCtx<'static>> = None;
+        let mut scratch = Vec::new();
+        let mut done = Vec::new();
+        loop {
+            let job = match queue.lock() {
+                Ok(mut q) => q.next(),
+                Err(_) => return Err(Error::invalid_input("an opening thread panicked")),
+            };
+            let Some((c, dst)) = job else {
+                return Ok(done);
+            };
+            let crc = open_chunk(
+                path,
+                &header_bytes,
+                cipher.as_ref(),
+                &mut dctx,
+                &mut scratch,
+                &c,
+                dst,
+            )?;
+            done.push((c.index, crc));
+        }
+    };
+    let results: Vec<Result<Vec<(u64, u32)>>> = std::thread::scope(|s| {
+        let handles: Vec<_> = (1..threads).map(|_| s.spawn(work)).collect();
+        let mut all = vec![work()];
+        for h in handles {
+            all.push(
+                h.join()
+                    .unwrap_or_else(|_| Err(Error::invalid_input("an opening thread panicked"))),
+            );
+        }
+        all
+    });
+    let mut crcs = vec![None; n as usize];
+    let mut first_err: Option<(u64, Error)> = None;
+    for r in results {
+        match r {
+            Ok(v) => {
+                for (i, crc) in v {
+                    if let Some(slot) = crcs.get_mut(i as usize) {
+                        *slot = Some(crc);
+                    }
+                }
+            }
+            Err(e) => {
+                // Report the fault of the lowest chunk, as a sequential reader would.
+                let at = match &e {
+                    Error::Corrupt { chunk, .. } => chunk.unwrap_or(u64::MAX),
+                    _ => u64::MAX,
+                };
+                if first_err.as_ref().is_none_or(|(i, _)| at < *i) {
+                    first_err = Some((at, e));
+                }
+            }
+        }
+    }
+    if let Some((_, e)) = first_err {
+        return Err(e);
+    }
+    let mut content_crc = 0u32;
+    let mut raw_left = raw_total as usize;
+    for slot in crcs {
+        let crc =
+            slot.ok_or_else(|| Error::invalid_input("a chunk was not opened (internal error)"))?;
+        let len = raw_left.min(cs);
+        raw_left -= len;
+        content_crc = super::crc::crc32c_combine(content_crc, crc, len);
+    }
+
+    // 4. The trailer's authenticity and the whole-content checksum.
+    if let Some(c) = &cipher {
+        let aad = trailer_aad(&header_bytes, &tr);
+        let nonce = format::nonce(format::NONCE_TRAILER, n);
+        let tag = trailer.get(TRAILER_LEN_PLAIN..).unwrap_or(&[]);
+        if !c.open(&nonce, &aad, &mut tr.content_crc, tag) {
+            return Err(Error::Crypto {
+                path: path.to_string(),
+                what: format!(
+                    "trailer after {n} chunks: authentication failed (object truncated, \
+                     extended or altered)"
+                ),
+            });
+        }
+    }
+    let stored_crc = u32::from_le_bytes(tr.content_crc);
+    if stored_crc != content_crc {
+        return Err(Error::corrupt(
+            path,
+            None,
+            format!(
+                "whole-content checksum mismatch: trailer {stored_crc:08x}, computed \
+                 {content_crc:08x} (a chunk from another object?)"
+            ),
+        ));
+    }
+    let stats = SealStats {
+        raw_len: raw_total,
+        stored_len: sealed.len() as u64,
+        chunks: n,
+        crc32c: content_crc,
+    };
+    Ok((out, stats))
+}
+
+/// Verifies one chunk and decodes it into `dst` (exactly its raw length); returns the CRC-32C
+/// of its raw bytes.
+fn open_chunk(
+    path: &str,
+    header: &[u8; HEADER_LEN],
+    cipher: Option<&ObjectCipher>,
+    dctx: &mut Option<DCtx<'static>>,
+    scratch: &mut Vec<u8>,
+    c: &Located<'_>,
+    dst: &mut [u8],
+) -> Result<u32> {
+    let (index, frame) = (c.index, &c.frame);
+    let bad = |what: String| Error::corrupt(path, Some(index), what);
+    let raw_len = frame.raw_len as usize;
+    if dst.len() != raw_len {
+        return Err(bad(format!(
+            "chunk raw length {raw_len} does not fit its place ({} bytes)",
+            dst.len()
+        )));
+    }
+    if !(cipher.is_none() && frame.codec == CHUNK_STORED) {
+        let got = super::crc::crc32c(c.payload);
+        if got != frame.stored_crc {
+            return Err(bad(format!(
+                "stored data checksum mismatch: frame says {:08x}, payload has {got:08x}",
+                frame.stored_crc
+            )));
+        }
+    }
+    let (body, expect_crc): (&[u8], u32) = match cipher {
+        None => (c.payload, frame.raw_crc),
+        Some(cipher) => {
+            scratch.clear();
+            scratch.extend_from_slice(c.payload);
+            let split = scratch.len().saturating_sub(TAG_LEN);
+            let (ct, tag) = scratch.split_at_mut(split);
+            let aad = chunk_aad(header, frame, index);
+            let nonce = format::nonce(format::NONCE_CHUNK, index);
+            if !cipher.open(&nonce, &aad, ct, tag) {
+                return Err(Error::Crypto {
+                    path: path.to_string(),
+                    what: format!(
+                        "chunk {index}: authentication failed (data altered, or the chunk was \
+                         moved from another position or object)"
+                    ),
+                });
+            }
+            let n = ct.len().saturating_sub(4);
+            let (body, crc) = ct.split_at(n);
+            let mut b = [0u8; 4];
+            b.copy_from_slice(crc);
+            (body, u32::from_le_bytes(b))
+        }
+    };
+    if frame.codec == CHUNK_STORED {
+        if body.len() != raw_len {
+            return Err(bad(format!(
+                "stored chunk holds {} bytes, the frame says {raw_len}",
+                body.len()
+            )));
+        }
+        dst.copy_from_slice(body);
+    } else {
+        if dctx.is_none() {
+            *dctx = Some(DCtx::try_create().ok_or_else(|| {
+                Error::invalid_input("cannot allocate a zstd decompression context")
+            })?);
+        }
+        let Some(d) = dctx.as_mut() else {
+            return Err(Error::invalid_input("no zstd decompression context"));
+        };
+        match d.decompress(dst, body) {
+            Ok(got) if got == raw_len => {}
+            Ok(got) => {
+                return Err(bad(format!(
+                    "zstd data decompresses to {got} bytes, the frame says {raw_len}"
+                )))
+            }
+            Err(code) => {
+                let _ = d.reset(ResetDirective::SessionOnly);
+                return Err(bad(format!(
+                    "zstd data does not decompress: {}",
+                    zstd_safe::get_error_name(code)
+                )));
+            }
+        }
+    }
+    let got = super::crc::crc32c(dst);
+    if got != expect_crc {
+        return Err(bad(format!(
+            "raw data checksum mismatch: stored {expect_crc:08x}, computed {got:08x}"
+        )));
+    }
+    Ok(got)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::envelope::{open, seal, seal_with_stats};
+
+    /// WAL-like content: page headers, compressible runs and noise.
+    fn sample(len: usize) -> Vec<u8> {
+        let mut x = 0x9E37_79B9_7F4A_7C15u64;
+        (0..len)
+            .map(|i| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                match (i / 4096) % 3 {
+                    0 => (i % 251) as u8,
+                    1 => 0,
+                    _ => x as u8,
+                }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn byte_identical_to_the_sequential_sealer() {
+        for (len, cs) in [
+            (16 << 20, 1 << 20),
+            ((3 << 20) + 17, 1 << 20),
+            (1000, 64),
+            (64, 64),
+            (65, 64),
+            (1, 64),
+        ] {
+            let data = sample(len);
+            for opts in [
+                EnvelopeOptions::zstd(1).with_chunk_size(cs),
+                EnvelopeOptions::zstd(3).with_chunk_size(cs),
+                EnvelopeOptions::uncompressed().with_chunk_size(cs),
+            ] {
+                let (seq, seq_stats) = seal_with_stats(&opts, &data).unwrap();
+                for threads in [1, 2, 3, 8] {
+                    let (par, par_stats) = seal_parallel(&opts, &data, threads).unwrap();
+                    assert!(par == seq, "len {len} cs {cs} threads {threads}");
+                    assert_eq!(par_stats, seq_stats);
+                    let (back, stats) = open_parallel("t", &par, None, threads).unwrap();
+                    assert!(back == data);
+                    assert_eq!(stats, seq_stats);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn encrypted_byte_identical_given_the_salt() {
+        let key = Arc::new(Key::from_bytes([9; 32]));
+        let data = sample((5 << 20) + 3);
+        let cs = 1 << 20;
+        let opts = EnvelopeOptions::zstd(1).with_key(key.clone());
+        let seq = seal(&opts, &data).unwrap();
+        // Rebuild the sequential object's header (same salt) and seal its chunks in parallel.
+        let hdr = Header::parse("t", &seq).unwrap();
+        let mut header = [0u8; HEADER_LEN];
+        header.copy_from_slice(&seq[..HEADER_LEN]);
+        let (cipher, _) = key.derive(&hdr.salt);
+        let (par, _) = seal_chunks(&header, Some(&cipher), CODEC_ZSTD, 1, &data, cs, 2).unwrap();
+        assert!(par == seq);
+        // A fresh parallel seal (new salt) opens with both openers.
+        let (fresh, _) = seal_parallel(&opts, &data, 2).unwrap();
+        assert_eq!(open("t", &fresh, Some(&key)).unwrap(), data);
+        assert_eq!(open_parallel("t", &fresh, Some(&key), 2).unwrap().0, data);
+        assert!(matches!(
+            open_parallel("t", &fresh, None, 2),
+            Err(Error::Crypto { .. })
+        ));
+        let other = Key::from_bytes([8; 32]);
+        assert!(matches!(
+            open_parallel("t", &fresh, Some(&other), 2),
+            Err(Error::Crypto { .. })
+        ));
+    }
+
+    #[test]
+    fn corruption_is_detected_like_the_sequential_opener() {
+        let data = sample((4 << 20) + 100);
+        let key = Arc::new(Key::from_bytes([5; 32]));
+        for opts in [
+            EnvelopeOptions::zstd(1),
+            EnvelopeOptions::uncompressed(),
+            EnvelopeOptions::zstd(1).with_key(key.clone()),
+        ] {
+            let k = opts.key.as_deref();
+            let sealed = seal_parallel(&opts, &data, 2).unwrap().0;
+            // Flip one bit at many positions: header, frame headers, payloads, trailer.
+            let step = (sealed.len() / 97).max(1);
+            let mut positions: Vec<usize> = (0..sealed.len()).step_by(step).collect();
+            positions.extend([0, 10, HEADER_LEN, HEADER_LEN + 5, sealed.len() - 1]);
+            for p in positions {
+                let mut bad = sealed.clone();
+                bad[p] ^= 0x10;
+                assert!(
+                    open("t", &bad, k).is_err(),
+                    "sequential accepts flip at {p}"
+                );
+                let r = open_parallel("t", &bad, k, 2);
+                assert!(r.is_err(), "parallel accepts flip at {p}");
+            }
+            // Truncation anywhere, and junk after the trailer.
+            for cut in [
+                0,
+                HEADER_LEN - 1,
+                HEADER_LEN + 30,
+                sealed.len() / 2,
+                sealed.len() - 1,
+            ] {
+                assert!(
+                    open_parallel("t", &sealed[..cut], k, 2).is_err(),
+                    "cut at {cut}"
+                );
+            }
+            let mut longer = sealed.clone();
+            longer.push(0);
+            assert!(open_parallel("t", &longer, k, 2).is_err());
+        }
+    }
+
+    #[test]
+    fn a_damaged_chunk_is_located() {
+        let data = sample(4 << 20);
+        let opts = EnvelopeOptions::zstd(1);
+        let sealed = seal_parallel(&opts, &data, 2).unwrap().0;
+        // The payload of chunk 2: walk the frames.
+        let mut pos = HEADER_LEN;
+        for _ in 0..2 {
+            let stored = u32::from_le_bytes(sealed[pos + 4..pos + 8].try_into().unwrap());
+            pos += FRAME_HEADER_LEN + stored as usize;
+        }
+        let mut bad = sealed.clone();
+        bad[pos + FRAME_HEADER_LEN + 7] ^= 1;
+        match open_parallel("wal/x", &bad, None, 2) {
+            Err(Error::Corrupt { chunk, .. }) => assert_eq!(chunk, Some(2)),
+            other => panic!("expected Corrupt at chunk 2, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn swapped_chunks_are_refused() {
+        let data = sample(3 << 20);
+        let sealed = seal_parallel(&EnvelopeOptions::zstd(1), &data, 2)
+            .unwrap()
+            .0;
+        let mut frames = Vec::new();
+        let mut pos = HEADER_LEN;
+        for _ in 0..3 {
+            let stored = u32::from_le_bytes(sealed[pos + 4..pos + 8].try_into().unwrap());
+            let end = pos + FRAME_HEADER_LEN + stored as usize;
+            frames.push(sealed[pos..end].to_vec());
+            pos = end;
+        }
+        let mut swapped = sealed[..HEADER_LEN].to_vec();
+        swapped.extend_from_slice(&frames[1]);
+        swapped.extend_from_slice(&frames[0]);
+        swapped.extend_from_slice(&frames[2]);
+        swapped.extend_from_slice(&sealed[pos..]);
+        assert!(open_parallel("t", &swapped, None, 2).is_err());
+    }
+}
