@@ -120,6 +120,7 @@ async fn take(ctx: &Context, a: TakeArgs) -> Result<(), CliError> {
             b.set_position(p.bytes_done);
         }) as Arc<dyn Fn(BackupProgress) + Send + Sync>
     });
+    let counts_conn = conn.clone();
     let backup = PgBackup::new(
         repo(ctx)?,
         PgBackupConfig {
@@ -147,6 +148,7 @@ async fn take(ctx: &Context, a: TakeArgs) -> Result<(), CliError> {
         b.finish_and_clear();
     }
     let rec = rec?;
+    super::verify_restore_test::after_backup(&repo(ctx)?, rec.id, &counts_conn).await;
     if a.json {
         print_json(&Info::of(&rec, None))?;
     } else {

@@ -14,6 +14,7 @@ pub mod restore;
 pub mod rules;
 pub mod runbook;
 pub mod verify;
+pub mod verify_restore_test;
 pub mod wal_fetch;
 pub mod wal_list;
 pub mod wal_push;

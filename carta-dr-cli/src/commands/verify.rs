@@ -19,7 +19,7 @@ use crate::exit::ErrorClass;
 
 /// Verify a pg_dump custom archive (a file, or a dump ID in the repository) or WAL segments.
 #[derive(clap::Args, Debug)]
-#[command(group(clap::ArgGroup::new("what").required(true).args(["wal", "dump"])))]
+#[command(group(clap::ArgGroup::new("what").required(true).args(["wal", "dump", "restore_test"])))]
 pub struct Args {
     /// Verify WAL: every page header and record (CRC-32C, xl_prev chain) of the segments in
     /// --wal-dir, or of the repository's WAL archive.
@@ -41,10 +41,20 @@ pub struct Args {
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
+    /// Restore the newest base backup, backup ID, or dump DB/TIMESTAMP into a scratch cluster,
+    /// start it and check it (see docs/verification.md, "Restore test").
+    #[arg(long, value_name = "ID", num_args = 0..=1, default_missing_value = "latest")]
+    pub restore_test: Option<String>,
+    /// Options of --restore-test.
+    #[command(flatten)]
+    pub restore_test_args: super::verify_restore_test::RestoreTestArgs,
 }
 
 /// Runs `verify`.
 pub async fn run(ctx: &Context, args: Args) -> Result<(), CliError> {
+    if let Some(id) = &args.restore_test {
+        return super::verify_restore_test::run(ctx, id, &args.restore_test_args, args.json).await;
+    }
     let (report, from_repo) = if let Some(d) = &args.dump {
         (verify_dump(ctx, d).await?, !Path::new(d).is_file())
     } else {
