@@ -291,6 +291,82 @@ pub fn wal_names(data: &[u8]) {
     }
 }
 
+/// The `manifest` target: PostgreSQL's `backup_manifest` parser on arbitrary bytes. Byte 0
+/// is a mode: bit 0 first rewrites the 64 hex digits after the last `"Manifest-Checksum": "`
+/// to the SHA-256 the parser expects ([`manifest_fix_checksum`]), so the fuzzer gets past the
+/// checksum to the checks behind it. The rest is the manifest.
+///
+/// Checks: no panic; the parser is deterministic; whatever it accepts has a supported version,
+/// non-empty and unique paths, WAL ranges that do not end before they start, and a CRC-32C
+/// exactly for the files whose checksum is one.
+pub fn manifest(data: &[u8]) {
+    use crate::manifest::{parse_manifest, ChecksumAlgorithm};
+    let Some((&mode, rest)) = data.split_first() else {
+        return;
+    };
+    let mut m = rest.to_vec();
+    if mode & 1 == 1 {
+        manifest_fix_checksum(&mut m);
+    }
+    let first = parse_manifest(&m);
+    let again = parse_manifest(&m);
+    assert_eq!(
+        first.is_ok(),
+        again.is_ok(),
+        "parse_manifest is not deterministic"
+    );
+    let Ok(parsed) = first else {
+        return;
+    };
+    assert_eq!(Some(&parsed), again.as_ref().ok());
+    assert!((1..=2).contains(&parsed.version));
+    let mut seen = std::collections::HashSet::new();
+    for f in &parsed.files {
+        assert!(!f.path.is_empty(), "empty path accepted");
+        assert!(seen.insert(f.path.clone()), "duplicate path accepted");
+        let is_crc = matches!(&f.checksum, Some((ChecksumAlgorithm::Crc32c, _)));
+        assert_eq!(f.crc32c().is_some(), is_crc);
+        let _ = f.path_str();
+    }
+    for r in &parsed.wal_ranges {
+        assert!(
+            r.end >= r.start,
+            "WAL range ending before its start accepted"
+        );
+    }
+}
+
+/// Rewrites the checksum of a `backup_manifest` in place to the SHA-256 of its bytes up to
+/// and including the second-to-last newline, when the last `"Manifest-Checksum": "` is
+/// followed by 64 bytes. For fuzzing and corruption tests.
+pub fn manifest_fix_checksum(m: &mut [u8]) {
+    use sha2::{Digest, Sha256};
+    const KEY: &[u8] = b"\"Manifest-Checksum\": \"";
+    let Some(at) = m.windows(KEY.len()).rposition(|w| w == KEY) else {
+        return;
+    };
+    let start = at + KEY.len();
+    if m.len() < start + 64 {
+        return;
+    }
+    let nls: Vec<usize> = m
+        .iter()
+        .enumerate()
+        .filter(|(_, b)| **b == b'\n')
+        .map(|(i, _)| i)
+        .collect();
+    let Some(&p) = nls.len().checked_sub(2).and_then(|i| nls.get(i)) else {
+        return;
+    };
+    if p >= start {
+        return;
+    }
+    let sum = hex::encode(Sha256::digest(m.get(..=p).unwrap_or(&[])));
+    if let Some(dst) = m.get_mut(start..start + 64) {
+        dst.copy_from_slice(sum.as_bytes());
+    }
+}
+
 /// The seed corpus: `(target, name, bytes)`. Envelope seeds are a mode byte (see
 /// [`envelope`]) followed by a valid, truncated or extended sealed object.
 pub fn seed_corpus() -> Vec<(&'static str, String, Vec<u8>)> {

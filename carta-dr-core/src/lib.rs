@@ -16,6 +16,7 @@
 #![warn(missing_docs)]
 
 pub mod archive;
+pub mod backupverify;
 pub mod catalog;
 pub mod dump;
 pub mod envelope;

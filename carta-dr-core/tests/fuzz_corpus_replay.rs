@@ -20,6 +20,7 @@ fn harness(target: &str) -> Option<fn(&[u8])> {
         "dump" => Some(fuzzing::dump),
         "store_path" => Some(fuzzing::store_path),
         "wal_segment_name" => Some(fuzzing::wal_names),
+        "manifest" => Some(fuzzing::manifest),
         _ => None,
     }
 }
@@ -55,7 +56,16 @@ fn every_corpus_directory_belongs_to_a_target() {
         .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
         .collect();
     dirs.sort();
-    assert_eq!(dirs, ["dump", "envelope", "store_path", "wal_segment_name"]);
+    assert_eq!(
+        dirs,
+        [
+            "dump",
+            "envelope",
+            "manifest",
+            "store_path",
+            "wal_segment_name"
+        ]
+    );
     for d in &dirs {
         assert!(harness(d).is_some(), "no harness for corpus directory {d}");
     }
@@ -71,6 +81,12 @@ fn replay_envelope_corpus() {
 fn replay_dump_corpus() {
     let n = replay("dump");
     eprintln!("dump: {n} inputs");
+}
+
+#[test]
+fn replay_manifest_corpus() {
+    let n = replay("manifest");
+    eprintln!("manifest: {n} inputs");
 }
 
 #[test]
