@@ -41,6 +41,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::envelope::{crc32c, crc32c_append};
 use crate::traits::{Finding, Location, Severity};
 use crate::wal::page::{
     pg_major_from_magic, PageHeader, XLOG_BLCKSZ, XLP_FIRST_IS_CONTRECORD,
@@ -171,13 +172,36 @@ pub fn select_segments(files: &[WalFileName], timeline: Option<TimelineId>) -> V
     best.into_values().collect()
 }
 
-/// A record being assembled across pages.
+/// A record being read across pages: its header is kept, its body is checksummed piece by
+/// piece as the pages arrive (never copied).
 struct Pending {
     start: Lsn,
     total: u32,
-    buf: Vec<u8>,
+    /// Bytes of the record read so far.
+    have: u32,
+    /// The record header (`have` bytes of it while `have < 24`).
+    head: [u8; SIZE_OF_XLOG_RECORD],
+    /// CRC-32C of the body bytes read so far (the record's bytes from offset 24).
+    body_crc: u32,
     pages: u32,
     start_segno: u64,
+}
+
+impl Pending {
+    /// Takes in the next piece of the record.
+    fn feed(&mut self, mut piece: &[u8]) {
+        let have = self.have as usize;
+        if have < SIZE_OF_XLOG_RECORD {
+            let n = (SIZE_OF_XLOG_RECORD - have).min(piece.len());
+            if let (Some(dst), Some(src)) = (self.head.get_mut(have..have + n), piece.get(..n)) {
+                dst.copy_from_slice(src);
+            }
+            piece = piece.get(n..).unwrap_or(&[]);
+            self.have += n as u32;
+        }
+        self.body_crc = crc32c_append(self.body_crc, piece);
+        self.have += piece.len() as u32;
+    }
 }
 
 /// Where reading stopped, not yet classified.
@@ -206,7 +230,6 @@ pub struct WalRecordCheck {
     pending: Option<Pending>,
     last_tli: u32,
     stop: Option<Stop>,
-    scratch: Vec<u8>,
     last_segment: String,
     track: bool,
 }
@@ -227,7 +250,6 @@ impl WalRecordCheck {
             pending: None,
             last_tli: 0,
             stop: None,
-            scratch: Vec::new(),
             last_segment: String::new(),
             track: false,
         }
@@ -442,14 +464,12 @@ impl WalRecordCheck {
                     self.look_past_stop(fname, data, p + 1, seg_start, file_tli);
                     return;
                 }
-                if let Some(pend) = self.pending.take() {
-                    self.scratch = pend.buf;
-                }
+                self.pending = None;
                 self.next_rec = Some(Lsn(page_lsn.0 + hlen as u64));
                 self.prev = None;
             }
             if let Some(pend) = self.pending.as_mut() {
-                let have = pend.buf.len() as u32;
+                let have = pend.have;
                 let want = pend.total.saturating_sub(have);
                 if !cont {
                     let (lsn, what) = (
@@ -471,17 +491,27 @@ impl WalRecordCheck {
                     return;
                 }
                 let n = (want as usize).min(PAGE - hlen);
-                pend.buf
-                    .extend_from_slice(page.get(hlen..hlen + n).unwrap_or(&[]));
+                pend.feed(page.get(hlen..hlen + n).unwrap_or(&[]));
                 pend.pages += 1;
                 pos = hlen + n;
-                if pend.buf.len() as u32 == pend.total {
+                if pend.have == pend.total {
                     let pend = self.pending.take();
                     if let Some(pend) = pend {
+                        if let Err(what) = self.check_record_header(&pend.head, pend.start) {
+                            self.record_stop(fname, pend.start, what, partial);
+                            self.look_past_stop(fname, data, p + 1, seg_start, file_tli);
+                            return;
+                        }
                         let end = Lsn(page_lsn.0 + pos as u64);
                         let crossed_segment = pend.start_segno != seg_start.0 / self.seg_size;
-                        let res = self.finish_record(fname, pend.start, &pend.buf, end, partial);
-                        self.scratch = pend.buf;
+                        let res = self.finish_record(
+                            fname,
+                            pend.start,
+                            &pend.head,
+                            pend.body_crc,
+                            end,
+                            partial,
+                        );
                         match res {
                             Some(sw) => {
                                 self.sum.page_crossing += 1;
@@ -575,9 +605,14 @@ impl WalRecordCheck {
                     }
                 }
                 if tot as usize <= avail {
-                    let rec = rest.get(..tot as usize).unwrap_or(&[]);
+                    // The header was checked above (a record is at least 24 bytes).
+                    let head = rest
+                        .get(..SIZE_OF_XLOG_RECORD)
+                        .and_then(|h| <&[u8; SIZE_OF_XLOG_RECORD]>::try_from(h).ok())
+                        .unwrap_or(&[0; SIZE_OF_XLOG_RECORD]);
+                    let body = rest.get(SIZE_OF_XLOG_RECORD..tot as usize).unwrap_or(&[]);
                     let end = Lsn(next.0 + u64::from(tot));
-                    match self.finish_record(fname, next, rec, end, partial) {
+                    match self.finish_record(fname, next, head, crc32c(body), end, partial) {
                         Some(true) => {
                             switched = true;
                             break;
@@ -590,17 +625,17 @@ impl WalRecordCheck {
                     }
                     next = Lsn(maxalign(end.0));
                 } else {
-                    let mut buf = std::mem::take(&mut self.scratch);
-                    buf.clear();
-                    buf.reserve(tot as usize);
-                    buf.extend_from_slice(rest);
-                    self.pending = Some(Pending {
+                    let mut pend = Pending {
                         start: next,
                         total: tot,
-                        buf,
+                        have: 0,
+                        head: [0; SIZE_OF_XLOG_RECORD],
+                        body_crc: 0,
                         pages: 1,
                         start_segno: seg_start.0 / self.seg_size,
-                    });
+                    };
+                    pend.feed(rest);
+                    self.pending = Some(pend);
                     break;
                 }
             }
@@ -615,46 +650,40 @@ impl WalRecordCheck {
         }
     }
 
-    /// Verifies a complete record: CRC, then bookkeeping. `Some(true)` for an XLOG_SWITCH,
-    /// `Some(false)` for any other valid record, `None` after recording a stop.
+    /// Verifies a complete record whose header passed [`Self::check_record_header`]: the
+    /// CRC-32C from the body's (`body_crc`) and the header's, then bookkeeping. `Some(true)`
+    /// for an XLOG_SWITCH, `Some(false)` for any other valid record, `None` after recording a
+    /// stop.
     fn finish_record(
         &mut self,
         fname: &str,
         start: Lsn,
-        rec: &[u8],
+        head: &[u8; SIZE_OF_XLOG_RECORD],
+        body_crc: u32,
         end: Lsn,
         partial: bool,
     ) -> Option<bool> {
-        if let Err(what) = self.check_record_header(rec, start) {
-            self.record_stop(fname, start, what, partial);
-            return None;
-        }
-        let stored = u32::from_le_bytes([
-            rec.get(20).copied().unwrap_or(0),
-            rec.get(21).copied().unwrap_or(0),
-            rec.get(22).copied().unwrap_or(0),
-            rec.get(23).copied().unwrap_or(0),
-        ]);
-        let body = rec.get(SIZE_OF_XLOG_RECORD..).unwrap_or(&[]);
-        let head = rec.get(..XL_CRC_OFFSET).unwrap_or(&[]);
-        let crc = crc32c::crc32c_append(crc32c::crc32c(body), head);
+        let [.., c0, c1, c2, c3] = *head;
+        let stored = u32::from_le_bytes([c0, c1, c2, c3]);
+        let crc = crc32c_append(body_crc, head.get(..XL_CRC_OFFSET).unwrap_or(&[]));
         if crc != stored {
             let what = format!("incorrect resource manager data checksum in record at {start}");
             self.record_stop(fname, start, what, partial);
             return None;
         }
+        let [l0, l1, l2, l3, ..] = *head;
+        let len = u32::from_le_bytes([l0, l1, l2, l3]);
         self.sum.records += 1;
-        self.sum.record_bytes += rec.len() as u64;
+        self.sum.record_bytes += u64::from(len);
         if self.track {
-            self.sum.record_spans.push((start, rec.len() as u32));
+            self.sum.record_spans.push((start, len));
         }
         if self.sum.first_record.is_none() {
             self.sum.first_record = Some(start);
         }
         self.sum.end_of_valid_wal = Some(end);
         self.prev = Some(start);
-        let rmid = rec.get(17).copied().unwrap_or(0);
-        let info = rec.get(16).copied().unwrap_or(0);
+        let [.., info, rmid, _, _, _, _, _, _] = *head;
         if rmid == RM_XLOG_ID && info & 0xF0 == XLOG_SWITCH {
             self.sum.switches += 1;
             // The rest of the segment is unused: the end of WAL may legitimately be here.
@@ -817,9 +846,7 @@ impl WalRecordCheck {
                 segment: self.last_segment.clone(),
                 what: format!(
                     "record at {} is cut off at the end of the last segment ({} of {} bytes)",
-                    pend.start,
-                    pend.buf.len(),
-                    pend.total
+                    pend.start, pend.have, pend.total
                 ),
                 partial: false,
                 after_switch: false,
