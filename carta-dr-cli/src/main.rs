@@ -100,7 +100,7 @@ pub enum Command {
     Monitor(commands::monitor::Args),
     /// Write the Prometheus alert rules and the Alertmanager fragment.
     Rules(commands::rules::Args),
-    /// Verify a pg_dump archive (--dump FILE_OR_ID) or WAL (--wal) and report findings.
+    /// Verify a base backup (ID, --all), a pg_dump archive (--dump FILE_OR_ID) or WAL (--wal).
     Verify(commands::verify::Args),
     /// Logical backups with pg_dump: `dump --db NAME`, `dump list`, `dump restore ID --into DB`.
     Dump(commands::dump::Args),

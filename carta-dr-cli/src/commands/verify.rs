@@ -1,4 +1,5 @@
-//! `carta-dr verify`: check a pg_dump archive or WAL, and say loudly what is wrong.
+//! `carta-dr verify`: check a base backup, every backup, a pg_dump archive or WAL, and say
+//! loudly what is wrong.
 //!
 //! Exit statuses (see `docs/verification.md`): 0 clean; 5 corruption found; 4 could not check
 //! (store unreachable, read error, data the verifier cannot decode); 2 usage error.
@@ -6,21 +7,37 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use carta_dr_core::backupverify::{BackupSelection, BackupVerifier, BackupVerifyOptions};
 use carta_dr_core::dump::{verify_reader, DumpCheck};
 use carta_dr_core::envelope::get_opened_stream;
 use carta_dr_core::traits::{Location, Severity, Verdict, VerifyReport};
 use carta_dr_core::walverify::{select_segments, verify_wal_dir, WalRecordCheck, WalVerifyOptions};
-use carta_dr_core::{StorePath, WalArchive, WalFileName};
+use carta_dr_core::{BackupId, StorePath, Verifier, WalArchive, WalFileName};
 use futures::StreamExt;
 
 use crate::context::Context;
 use crate::error::CliError;
 use crate::exit::ErrorClass;
 
-/// Verify a pg_dump custom archive (a file, or a dump ID in the repository) or WAL segments.
+/// Verify a base backup (ID, or --all), a pg_dump custom archive (a file, or a dump ID in the
+/// repository) or WAL segments.
 #[derive(clap::Args, Debug)]
-#[command(group(clap::ArgGroup::new("what").required(true).args(["wal", "dump", "restore_test"])))]
+#[command(group(clap::ArgGroup::new("what").required(true).args(["id", "all", "wal", "dump", "restore_test"])))]
 pub struct Args {
+    /// A base backup in the repository: every stored object, every file against
+    /// backup_manifest, the manifest's SHA-256 and the WAL the backup needs.
+    #[arg(value_name = "ID")]
+    pub id: Option<String>,
+    /// Every backup in the catalog (shared objects checked once), plus the WAL archive's
+    /// continuity from the oldest backup's start to the newest segment.
+    #[arg(long)]
+    pub all: bool,
+    /// With ID or --all: objects fetched or being decoded at once.
+    #[arg(long, value_name = "N", default_value_t = 16)]
+    pub concurrency: usize,
+    /// With ID or --all: skip the WAL checks (objects, files and manifests only).
+    #[arg(long)]
+    pub no_wal: bool,
     /// Verify WAL: every page header and record (CRC-32C, xl_prev chain) of the segments in
     /// --wal-dir, or of the repository's WAL archive.
     #[arg(long)]
@@ -57,6 +74,8 @@ pub async fn run(ctx: &Context, args: Args) -> Result<(), CliError> {
     }
     let (report, from_repo) = if let Some(d) = &args.dump {
         (verify_dump(ctx, d).await?, !Path::new(d).is_file())
+    } else if args.id.is_some() || args.all {
+        (verify_backups(ctx, &args).await?, true)
     } else {
         (verify_wal(ctx, &args).await?, args.wal_dir.is_none())
     };
@@ -237,6 +256,28 @@ async fn verify_dump(ctx: &Context, what: &str) -> Result<VerifyReport, CliError
     }
     report.duration = started.elapsed();
     Ok(report)
+}
+
+/// `verify ID` and `verify --all`.
+async fn verify_backups(ctx: &Context, args: &Args) -> Result<VerifyReport, CliError> {
+    let selection =
+        match &args.id {
+            Some(id) => BackupSelection::One(id.parse::<BackupId>().map_err(|e| {
+                CliError::new(ErrorClass::Usage, format!("bad backup ID {id:?}: {e}"))
+            })?),
+            None => BackupSelection::All,
+        };
+    let store = ctx.store(Duration::from_secs(60))?;
+    let key = ctx.key()?;
+    let opts = BackupVerifyOptions {
+        concurrency: args.concurrency.max(1),
+        check_wal: !args.no_wal,
+        ..Default::default()
+    };
+    // A backup ID that is not in the catalog fails with the not-found status.
+    Ok(BackupVerifier::new(store, key, selection, opts)
+        .verify()
+        .await?)
 }
 
 async fn verify_wal(ctx: &Context, args: &Args) -> Result<VerifyReport, CliError> {
