@@ -511,6 +511,18 @@ impl LocalCluster {
             .unwrap_or_default()
     }
 
+    /// `unix_socket_directories` for the server: the socket directory, or none (TCP on
+    /// loopback only) when the socket's path would exceed the kernel's limit of 107 bytes.
+    fn socket_setting(&self) -> String {
+        let dir = self.socket_dir.display().to_string();
+        if dir.len() + format!("/.s.PGSQL.{}", self.port).len() > 107 {
+            tracing::debug!(dir, "socket path too long: TCP only");
+            String::new()
+        } else {
+            dir
+        }
+    }
+
     /// Launches the postmaster on a free port without waiting; see [`LocalCluster::wait`].
     pub fn launch(&mut self) -> Result<()> {
         if self.running() {
@@ -548,10 +560,7 @@ impl LocalCluster {
             .arg("-c")
             .arg("listen_addresses=127.0.0.1")
             .arg("-c")
-            .arg(format!(
-                "unix_socket_directories={}",
-                self.socket_dir.display()
-            ));
+            .arg(format!("unix_socket_directories={}", self.socket_setting()));
         for (k, v) in &self.overrides {
             cmd.arg("-c").arg(format!("{k}={v}"));
         }

@@ -20,6 +20,9 @@ pub enum DrillCommand {
     History(super::drill_history::Args),
     /// Kill a throwaway primary under a live writer: detection, promotion, downtime, loss.
     Failover(super::drill_failover::Args),
+    /// The restore_command of a drill against a running cluster: `wal-fetch` limited to what
+    /// the archive held at the declared disaster.
+    WalFetch(super::drill_wal_fetch::Args),
 }
 
 /// Runs a drill subcommand.
@@ -28,5 +31,6 @@ pub async fn run(ctx: &Context, args: Args) -> Result<(), CliError> {
         DrillCommand::Restore(a) => super::drill_restore::run(ctx, *a).await,
         DrillCommand::History(a) => super::drill_history::run(ctx, a).await,
         DrillCommand::Failover(a) => super::drill_failover::run(ctx, a).await,
+        DrillCommand::WalFetch(a) => super::drill_wal_fetch::run(ctx, a).await,
     }
 }

@@ -71,6 +71,10 @@ pub struct Args {
     /// Print the report as JSON on stdout instead of the summary.
     #[arg(long)]
     pub json: bool,
+    /// Leave the drill's directory on disk (the store, the restored data directory, the
+    /// heartbeat log, server logs) for inspection; the restored server is stopped.
+    #[arg(long)]
+    pub keep_work_dir: bool,
 }
 
 fn parse_scenario(s: &str) -> Result<Scenario, String> {
@@ -160,6 +164,7 @@ pub async fn run(ctx: &Context, args: Args) -> Result<(), CliError> {
     opts.keep_primary_data = args.keep_primary_data;
     opts.amcheck = !args.no_amcheck;
     opts.work_parent = args.work_dir.clone();
+    opts.keep_restored = args.keep_work_dir;
 
     let outcome = tokio::select! {
         r = carta_dr_postgres::drill::run(&opts) => r?,
@@ -170,6 +175,11 @@ pub async fn run(ctx: &Context, args: Args) -> Result<(), CliError> {
             ));
         }
     };
+    if let Some(mut kept) = outcome.restored {
+        let dir = kept.area.path().to_path_buf();
+        let _ = kept.cluster.stop(Duration::from_secs(60)).await;
+        eprintln!("drill directory kept: {}", dir.display());
+    }
     let mut report = outcome.report;
     report.commands.insert(
         0,

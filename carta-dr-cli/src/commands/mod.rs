@@ -5,6 +5,7 @@ pub mod drill;
 pub mod drill_failover;
 pub mod drill_history;
 pub mod drill_restore;
+pub mod drill_wal_fetch;
 pub mod dump;
 pub mod expire;
 pub mod monitor;

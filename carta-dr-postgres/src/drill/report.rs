@@ -253,6 +253,9 @@ pub struct Check {
     pub ok: bool,
     /// Detail (counts, tool output).
     pub detail: String,
+    /// How long it took, in milliseconds (part of the `verify` phase).
+    #[serde(default)]
+    pub millis: u64,
 }
 
 /// What the archiving settings mean for the RPO.
@@ -433,9 +436,10 @@ impl DrillReport {
         for c in &self.checks {
             let _ = writeln!(
                 s,
-                "  check {:<14} {} {}",
+                "  check {:<14} {} {:>7.2}s {}",
                 c.name,
                 if c.ok { "ok  " } else { "FAIL" },
+                c.millis as f64 / 1000.0,
                 c.detail
             );
         }
@@ -536,13 +540,17 @@ impl DrillReport {
                     .unwrap_or_default()
             );
         }
-        let _ = writeln!(s, "## Checks\n\n| check | result | detail |\n|---|---|---|");
+        let _ = writeln!(
+            s,
+            "## Checks\n\n| check | result | seconds | detail |\n|---|---|---:|---|"
+        );
         for c in &self.checks {
             let _ = writeln!(
                 s,
-                "| {} | {} | {} |",
+                "| {} | {} | {:.3} | {} |",
                 c.name,
                 if c.ok { "ok" } else { "FAIL" },
+                c.millis as f64 / 1000.0,
                 c.detail.replace('|', "\\|").replace('\n', " ")
             );
         }

@@ -12,7 +12,9 @@ use carta_dr_core::catalog::{time_to_secs, BackupRecord, CHUNKS_PREFIX};
 use carta_dr_core::envelope::EnvelopeOptions;
 use carta_dr_core::store::PutOptions;
 use carta_dr_core::traits::BackupRequest;
-use carta_dr_core::{Error, Lsn, Result, Store, StoreExt, StorePath, WalArchive, WalSegmentSize};
+use carta_dr_core::{
+    Error, Lsn, Result, Store, StoreExt, StorePath, WalArchive, WalSegmentName, WalSegmentSize,
+};
 
 use super::history;
 use super::report::{Cadence, Check, DrillReport, Fallback, PitrOutcome, Rpo, Scenario, Stopwatch};
@@ -23,6 +25,22 @@ use crate::restore::{restore, BackupSelector, RecoveryTarget, RestoreOptions, Ta
 
 /// Opens a store from its URL (the CLI passes `carta_dr_backends::open`).
 pub type StoreOpener = Arc<dyn Fn(&str) -> Result<Arc<dyn Store>> + Send + Sync>;
+
+/// Settings the restored copy starts with, whatever the source server's configuration says:
+/// no archiving into the store it came from, no commands of the source run (end of recovery,
+/// archive cleanup), no replication from or waiting for the source's peers, no writing to the
+/// source's external pid file or log directory (the drill reads the server log on stderr).
+const RESTORED_OVERRIDES: [(&str, &str); 9] = [
+    ("archive_mode", "off"),
+    ("recovery_end_command", ""),
+    ("archive_cleanup_command", ""),
+    ("primary_conninfo", ""),
+    ("primary_slot_name", ""),
+    ("synchronous_standby_names", ""),
+    ("external_pid_file", ""),
+    ("logging_collector", "off"),
+    ("log_destination", "stderr"),
+];
 
 /// Rows the drill writes to its own ledger table before the disaster.
 const LEDGER_ROWS: i32 = 1000;
@@ -180,24 +198,29 @@ pub async fn run(opts: &RestoreDrillOptions) -> Result<DrillOutcome> {
     let started_at = now_unix();
     let id = history::new_id(started_at);
     let install = PgInstall::discover(opts.pg_bin.as_deref(), opts.run_as.as_deref())?;
+    if let DrillTarget::Existing {
+        data_dir: Some(d), ..
+    } = &opts.target
+    {
+        // Checked before anything is created: the drill never writes inside the target.
+        let parent = match &opts.work_parent {
+            Some(p) => p.clone(),
+            None if crate::local_cluster::is_root() => PathBuf::from("/tmp"),
+            None => std::env::temp_dir(),
+        };
+        if inside(&parent, d) {
+            return Err(Error::invalid(
+                "drill work directory",
+                parent.display().to_string(),
+                format!("lies inside the target's data directory {}", d.display()),
+            ));
+        }
+    }
     let mut area = ScratchArea::create(&install, "drill-restore", opts.work_parent.as_deref())?;
     let mut commands: Vec<String> = Vec::new();
     let setup_clock = Instant::now();
     let mut pre_events: Vec<(Instant, String)> = Vec::new();
     let exe = opts.carta_dr_exe.display().to_string();
-
-    if let DrillTarget::Existing {
-        data_dir: Some(d), ..
-    } = &opts.target
-    {
-        if area.path().starts_with(d) {
-            return Err(Error::invalid(
-                "drill work directory",
-                area.path().display().to_string(),
-                "lies inside the target's data directory",
-            ));
-        }
-    }
 
     // ---- The primary ---------------------------------------------------------------------
     let mut primary = match &opts.target {
@@ -523,7 +546,8 @@ pub async fn run(opts: &RestoreDrillOptions) -> Result<DrillOutcome> {
             sw.event(Instant::now(), "primary unreachable: connection refused");
         }
     }
-    let archive_end = archive_end(archive.as_ref(), seg_size).await?;
+    let tip = archive_tip(archive.as_ref(), seg_size).await?;
+    let archive_end = tip.map(|s| Lsn(s.start_lsn(seg_size).0 + seg_size.bytes()));
     sw.event(
         Instant::now(),
         format!(
@@ -537,11 +561,20 @@ pub async fn run(opts: &RestoreDrillOptions) -> Result<DrillOutcome> {
 
     // ---- fetch_base -----------------------------------------------------------------------
     let mut restored_dir = area.path().join("restored");
-    let restore_command = format!(
-        "{} --repo {} wal-fetch %f %p",
-        sh_quote(&exe),
-        sh_quote(&primary.repo_url)
-    );
+    // A running target keeps archiving while the drill restores: replay only what the
+    // archive held at the disaster, or the RPO would be understated.
+    let restore_command = match (&primary.cluster, tip) {
+        (None, Some(tip)) if delete.is_none() => format!(
+            "{} --repo {} drill wal-fetch --until {tip} %f %p",
+            sh_quote(&exe),
+            sh_quote(&primary.repo_url)
+        ),
+        _ => format!(
+            "{} --repo {} wal-fetch %f %p",
+            sh_quote(&exe),
+            sh_quote(&primary.repo_url)
+        ),
+    };
     let target = match delete {
         Some((xid, ..)) => RecoveryTarget::Xid(xid),
         None => RecoveryTarget::EndOfWal,
@@ -621,14 +654,23 @@ pub async fn run(opts: &RestoreDrillOptions) -> Result<DrillOutcome> {
 
     // ---- replay_wal, start ----------------------------------------------------------------
     let mut restored = LocalCluster::existing(&install, &restored_dir, area.path());
-    // The copy must never archive into the store it came from.
-    restored.set("archive_mode", "off");
+    // The copy must never archive into the store it came from, nor act on anything of the
+    // server it was copied from: settings carried over from that server's configuration that
+    // name outside files, other servers or commands are neutralised.
+    for (k, v) in RESTORED_OVERRIDES {
+        restored.set(k, v);
+    }
     let log_from = restored.log_len();
     restored.launch()?;
     commands.push(format!(
-        "postgres -D {} -c port={} -c listen_addresses=127.0.0.1 -c archive_mode=off  # restore_command = {}",
+        "postgres -D {} -c port={} -c listen_addresses=127.0.0.1 {}  # restore_command = {}",
         restored_dir.display(),
         restored.port(),
+        RESTORED_OVERRIDES
+            .iter()
+            .map(|(k, v)| format!("-c {}", sh_quote(&format!("{k}={v}"))))
+            .collect::<Vec<_>>()
+            .join(" "),
         restore_command
     ));
     sw.event(
@@ -696,6 +738,7 @@ pub async fn run(opts: &RestoreDrillOptions) -> Result<DrillOutcome> {
 
     // ---- verify ---------------------------------------------------------------------------
     let mut checks = Vec::new();
+    let t = Instant::now();
     let rows = rclient
         .query(
             "SELECT seq, (extract(epoch FROM committed_at) * 1000000)::bigint \
@@ -720,7 +763,9 @@ pub async fn run(opts: &RestoreDrillOptions) -> Result<DrillOutcome> {
             max_present.unwrap_or(0),
             writer_log.acks.len()
         ),
+        millis: millis_since(t),
     });
+    let t = Instant::now();
     let ledger: i64 = rclient
         .query_one(
             "SELECT count(*) FROM carta_dr_drill.ledger WHERE drill = $1",
@@ -733,20 +778,44 @@ pub async fn run(opts: &RestoreDrillOptions) -> Result<DrillOutcome> {
         name: "ledger rows".into(),
         ok: ledger == i64::from(LEDGER_ROWS),
         detail: format!("{ledger} of {LEDGER_ROWS}"),
+        millis: millis_since(t),
     });
-    if let Some(expected) = primary.accounts_expected {
-        let n: i64 = rclient
+    // The two long checks (both read the whole database) run side by side.
+    let accounts = async {
+        let expected = primary.accounts_expected?;
+        let t = Instant::now();
+        let n = rclient
             .query_one("SELECT count(*) FROM pgbench_accounts", &[])
             .await
-            .map_err(|e| pg_err("counting pgbench_accounts", e))?
-            .get(0);
-        checks.push(Check {
-            name: "accounts rows".into(),
-            ok: n == expected,
-            detail: format!("pgbench_accounts {n} of {expected}"),
-        });
-    }
-    if opts.amcheck && install.has("pg_amcheck") {
+            .map(|r| r.get::<_, i64>(0));
+        Some(match n {
+            Ok(n) => Check {
+                name: "accounts rows".into(),
+                ok: n == expected,
+                detail: format!("pgbench_accounts {n} of {expected}"),
+                millis: millis_since(t),
+            },
+            Err(e) => Check {
+                name: "accounts rows".into(),
+                ok: false,
+                detail: format!("counting pgbench_accounts: {e}"),
+                millis: millis_since(t),
+            },
+        })
+    };
+    let amcheck_jobs = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+        .clamp(1, 8);
+    let amcheck_line = format!(
+        "pg_amcheck -h 127.0.0.1 -p {} -U postgres --install-missing --jobs {amcheck_jobs} --database postgres",
+        restored.port()
+    );
+    let amcheck = async {
+        if !(opts.amcheck && install.has("pg_amcheck")) {
+            return None;
+        }
+        let t = Instant::now();
         let mut cmd = install.command("pg_amcheck");
         cmd.args([
             "-h",
@@ -756,31 +825,45 @@ pub async fn run(opts: &RestoreDrillOptions) -> Result<DrillOutcome> {
             "-U",
             "postgres",
         ])
-        .args(["--install-missing", "--database", "postgres"]);
-        commands.push(format!(
-            "pg_amcheck -h 127.0.0.1 -p {} -U postgres --install-missing --database postgres",
-            restored.port()
-        ));
-        let out = install.output(cmd, "pg_amcheck").await?;
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        checks.push(Check {
-            name: "pg_amcheck".into(),
-            ok: out.status.success(),
-            detail: if out.status.success() {
-                "no corruption found".into()
-            } else {
-                format!(
-                    "{}: {}",
-                    out.status,
-                    text.trim().chars().take(400).collect::<String>()
-                )
+        .args(["--install-missing", "--jobs", &amcheck_jobs.to_string()])
+        .args(["--database", "postgres"]);
+        Some(match install.output(cmd, "pg_amcheck").await {
+            Ok(out) => {
+                let text = format!(
+                    "{}{}",
+                    String::from_utf8_lossy(&out.stdout),
+                    String::from_utf8_lossy(&out.stderr)
+                );
+                Check {
+                    name: "pg_amcheck".into(),
+                    ok: out.status.success(),
+                    detail: if out.status.success() {
+                        format!("no corruption found (heap and B-tree checks, {amcheck_jobs} jobs)")
+                    } else {
+                        format!(
+                            "{}: {}",
+                            out.status,
+                            text.trim().chars().take(400).collect::<String>()
+                        )
+                    },
+                    millis: millis_since(t),
+                }
+            }
+            Err(e) => Check {
+                name: "pg_amcheck".into(),
+                ok: false,
+                detail: e.to_string(),
+                millis: millis_since(t),
             },
-        });
+        })
+    };
+    let (accounts, amcheck) = tokio::join!(accounts, amcheck);
+    if amcheck.is_some() {
+        commands.push(amcheck_line);
     }
+    checks.extend(accounts);
+    checks.extend(amcheck);
+    let t = Instant::now();
     let write = rclient
         .query_one(
             "INSERT INTO carta_dr_drill.heartbeat (drill, seq, committed_at) \
@@ -799,12 +882,14 @@ pub async fn run(opts: &RestoreDrillOptions) -> Result<DrillOutcome> {
                 } else {
                     "INSERT committed but the server is still in recovery".into()
                 },
+                millis: millis_since(t),
             }
         }
         Err(e) => Check {
             name: "write".into(),
             ok: false,
             detail: e.to_string(),
+            millis: millis_since(t),
         },
     });
     let verified_at = Instant::now();
@@ -937,6 +1022,42 @@ pub async fn run(opts: &RestoreDrillOptions) -> Result<DrillOutcome> {
     })
 }
 
+/// Whether `path` is `dir` or lies below it, comparing the paths as the file system resolves
+/// them (symbolic links, `..`); a path that does not exist yet is resolved through its
+/// nearest existing ancestor.
+fn inside(path: &Path, dir: &Path) -> bool {
+    fn resolve(p: &Path) -> PathBuf {
+        let abs = if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            std::env::current_dir().unwrap_or_default().join(p)
+        };
+        let mut tail = Vec::new();
+        let mut cur = abs.as_path();
+        loop {
+            if let Ok(c) = cur.canonicalize() {
+                let mut out = c;
+                for t in tail.iter().rev() {
+                    out.push(t);
+                }
+                return out;
+            }
+            match (cur.parent(), cur.file_name()) {
+                (Some(parent), Some(name)) => {
+                    tail.push(name.to_os_string());
+                    cur = parent;
+                }
+                _ => return abs,
+            }
+        }
+    }
+    resolve(path).starts_with(resolve(dir))
+}
+
+fn millis_since(t: Instant) -> u64 {
+    u64::try_from(t.elapsed().as_millis()).unwrap_or(u64::MAX)
+}
+
 fn pg_err(what: &str, e: tokio_postgres::Error) -> Error {
     Error::invalid_input(format!("{what}: {e}"))
 }
@@ -979,15 +1100,24 @@ async fn wait_archived(
 
 /// The end of the newest archived segment (on the highest timeline), if any.
 pub async fn archive_end(archive: &dyn WalArchive, seg: WalSegmentSize) -> Result<Option<Lsn>> {
+    Ok(archive_tip(archive, seg)
+        .await?
+        .map(|s| Lsn(s.start_lsn(seg).0 + seg.bytes())))
+}
+
+/// The newest archived segment (on the highest timeline), if any.
+pub async fn archive_tip(
+    archive: &dyn WalArchive,
+    seg: WalSegmentSize,
+) -> Result<Option<WalSegmentName>> {
     let list = archive.list(None).await?;
-    let newest = list
+    Ok(list
         .iter()
         .filter_map(|w| match w.name {
             carta_dr_core::WalFileName::Segment(s) => Some(s),
             _ => None,
         })
-        .max_by_key(|s| (s.timeline, s.segno(seg)));
-    Ok(newest.map(|s| Lsn(s.start_lsn(seg).0 + seg.bytes())))
+        .max_by_key(|s| (s.timeline, s.segno(seg))))
 }
 
 /// Damages one stored object of the newest backup that the previous backup does not share
