@@ -94,6 +94,19 @@ pub fn parse_assertions(text: &str) -> Vec<Assertion> {
     out
 }
 
+/// The server's message of a query error (`tokio-postgres` prints only "db error").
+pub(crate) fn pg_msg(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(d) => format!(
+            "{}: {} (SQLSTATE {})",
+            d.severity(),
+            d.message(),
+            d.code().code()
+        ),
+        None => e.to_string(),
+    }
+}
+
 fn table_loc(db: &str, schema: &str, table: &str) -> Location {
     Location::Dump {
         dump_id: None,
@@ -143,8 +156,9 @@ pub(crate) async fn row_counts(
                         Severity::Warning,
                         Location::Nowhere,
                         format!(
-                            "could not check which transactions committed while {} was counted: {e}",
-                            exp.database
+                            "could not check which transactions committed while {} was counted: {}",
+                            exp.database,
+                            pg_msg(&e)
                         ),
                     );
                     return RowCountMode::NotCompared;
@@ -189,7 +203,11 @@ pub(crate) async fn row_counts(
                         );
                     }
                 }
-                Err(e) => report.push(sev, loc, format!("cannot count rows after restore: {e}")),
+                Err(e) => report.push(
+                    sev,
+                    loc,
+                    format!("cannot count rows after restore: {}", pg_msg(&e)),
+                ),
             }
         }
     }
@@ -325,7 +343,7 @@ pub(crate) async fn assertions(
             client
                 .batch_execute("BEGIN READ ONLY")
                 .await
-                .map_err(|e| e.to_string())?;
+                .map_err(|e| pg_msg(&e))?;
             let r = client.simple_query(&a.sql).await.map_err(|e| e.to_string());
             let _ = client.batch_execute("ROLLBACK").await;
             let msgs = r?;
@@ -378,7 +396,10 @@ pub(crate) async fn spot_check(cluster: &LocalCluster, n: u32, report: &mut Veri
                 report.push(
                     Severity::Warning,
                     Location::Nowhere,
-                    format!("could not check sampled rows: listing databases: {e}"),
+                    format!(
+                        "could not check sampled rows: listing databases: {}",
+                        pg_msg(&e)
+                    ),
                 );
                 return;
             }
@@ -413,7 +434,7 @@ pub(crate) async fn spot_check(cluster: &LocalCluster, n: u32, report: &mut Veri
                 report.push(
                     Severity::Warning,
                     Location::Nowhere,
-                    format!("could not check sampled rows of {db}: {e}"),
+                    format!("could not check sampled rows of {db}: {}", pg_msg(&e)),
                 );
                 continue;
             }
@@ -441,7 +462,7 @@ pub(crate) async fn spot_check(cluster: &LocalCluster, n: u32, report: &mut Veri
                     report.push(
                         Severity::Warning,
                         loc,
-                        format!("could not check sampled rows: {e}"),
+                        format!("could not check sampled rows: {}", pg_msg(&e)),
                     );
                     continue;
                 }
@@ -519,13 +540,13 @@ pub(crate) async fn spot_check(cluster: &LocalCluster, n: u32, report: &mut Veri
                         report.push(
                             Severity::Error,
                             loc,
-                            format!("reading sampled rows failed: {e}"),
+                            format!("reading sampled rows failed: {}", pg_msg(&e)),
                         );
                     } else {
                         report.push(
                             Severity::Warning,
                             loc,
-                            format!("could not check sampled rows: {e}"),
+                            format!("could not check sampled rows: {}", pg_msg(&e)),
                         );
                     }
                 }
