@@ -393,3 +393,77 @@ fn dump_restore_test_passes_and_compares_counts() {
     );
     assert_torn_down(&work);
 }
+
+#[test]
+fn ctrl_c_stops_the_scratch_cluster_and_removes_its_directory() {
+    let env = Env::local("rt-sigint");
+    fill(&env);
+    env.backup();
+    env.archive_now();
+    let work = scratch_dir("rt-sigint-work");
+    let asserts = work.path().join("slow.sql");
+    std::fs::write(&asserts, "SELECT pg_sleep(600) IS NOT NULL;\n").expect("write assertions");
+    let asserts_s = asserts.display().to_string();
+    let dir = work.path().display().to_string();
+    let mut child = env
+        .carta_cmd(&[
+            "verify",
+            "--restore-test",
+            "--assert",
+            &asserts_s,
+            "--work-dir",
+            &dir,
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start verify --restore-test");
+    // Wait until the scratch server runs the slow assertion.
+    let pid_file = || {
+        std::fs::read_dir(work.path())
+            .ok()?
+            .filter_map(|e| e.ok())
+            .map(|e| e.path().join("data/postmaster.pid"))
+            .find(|p| p.exists())
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(300);
+    let port = loop {
+        assert!(
+            child.try_wait().expect("try_wait").is_none(),
+            "verify --restore-test ended before it was interrupted"
+        );
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the slow assertion never ran"
+        );
+        let port = pid_file()
+            .and_then(|p| std::fs::read_to_string(p).ok())
+            .and_then(|t| t.lines().nth(3).and_then(|l| l.trim().parse::<u16>().ok()));
+        if let Some(port) = port {
+            let out = std::process::Command::new(carta_dr_testkit::pg_bin_dir().join("psql"))
+                .args(["-XAtq", "-h", "127.0.0.1", "-p", &port.to_string()])
+                .args(["-U", "postgres", "-d", "postgres", "-c"])
+                .arg("SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'SELECT pg_sleep(600)%'")
+                .output()
+                .expect("psql");
+            if String::from_utf8_lossy(&out.stdout).trim() == "1" {
+                break port;
+            }
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    // SAFETY: kill has no memory-safety preconditions.
+    let rc = unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGINT) };
+    assert_eq!(rc, 0);
+    let out = child.wait_with_output().expect("wait");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("interrupted"), "{stderr}");
+    std::fs::remove_file(&asserts).expect("remove assertions");
+    assert_torn_down(&work);
+    // Nothing answers on the scratch server's port any more.
+    assert!(
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_err(),
+        "the scratch server still listens on {port}"
+    );
+}

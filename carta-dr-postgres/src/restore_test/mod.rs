@@ -391,6 +391,16 @@ async fn run_backup(
     // ---- start ----
     let mut cluster = LocalCluster::existing(&st.install, &data, st.area.path());
     cluster.set("archive_mode", "off");
+    // The source's pg_hba.conf may demand passwords: the scratch server trusts its own
+    // socket and loopback only, from a file outside the restored directory.
+    let hba = st.area.path().join("pg_hba.conf");
+    std::fs::write(
+        &hba,
+        "local all all trust\nhost all all 127.0.0.1/32 trust\n",
+    )
+    .map_err(|e| Error::io(format!("writing {}", hba.display()), e))?;
+    st.install.give(&hba)?;
+    cluster.set("hba_file", &hba.display().to_string());
     let started = start_promoted(&mut cluster, opts.start_timeout).await;
     st.cluster = Some(cluster);
     st.end_phase("start");
