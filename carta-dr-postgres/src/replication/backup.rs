@@ -8,7 +8,7 @@
 //! memory stays bounded (about `concurrency x 5 MiB`) whatever the database size.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -27,7 +27,7 @@ use carta_dr_core::{
 };
 use futures::{StreamExt, TryStreamExt};
 use sha2::{Digest, Sha256};
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 
 use super::conn::{parse_size_setting, ConnParams, ReplicationConnection};
@@ -109,11 +109,104 @@ struct OpenFile {
     small: Option<(u64, Sha256)>,
 }
 
-struct Builder {
+/// Sealed bytes on their way to the store at once, in MiB: stores are slow to acknowledge
+/// (an fsync per object on a local store, a round trip on S3), so many small uploads overlap
+/// while the hashing and compression jobs, bounded by `concurrency`, keep the cores busy.
+const IO_BUDGET_MIB: u32 = 32;
+
+/// What every job shares.
+struct Shared {
     repo: Repo,
+    /// Bounds the sealed bytes in flight to the store (permits are MiB).
+    io: Arc<Semaphore>,
+    failed: Mutex<Option<String>>,
+    stored: AtomicU64,
+    /// Whether chunks are looked up before they are compressed: on for an incremental or a
+    /// resumed backup, and as soon as an upload finds its chunk already stored. A first full
+    /// backup hashes and compresses in one pass instead.
+    check_first: AtomicBool,
+}
+
+impl Shared {
+    /// Hashes `data`, and unless the store already holds it, seals and uploads it under
+    /// `chunks/` or `bundles/`. Returns the SHA-256 and the stored size (0 when it was
+    /// already stored). `cpu` is released once the raw bytes are no longer needed.
+    async fn store_object(
+        self: Arc<Self>,
+        data: Bytes,
+        cpu: OwnedSemaphorePermit,
+        bundle: bool,
+    ) -> Result<(String, u64)> {
+        let check = !bundle && self.check_first.load(Ordering::Relaxed);
+        let repo = self.repo.clone();
+        let (hash, sealed, raw) = blocking(move || {
+            let hash = sha_hex(&data);
+            if check {
+                Ok((hash, None, Some(data)))
+            } else {
+                let sealed = repo.seal_blocking(&data)?;
+                Ok((hash, Some(sealed), None))
+            }
+        })
+        .await?;
+        let path = if bundle {
+            bundle_path(&hash)?
+        } else {
+            chunk_path(&hash)?
+        };
+        let sealed = match (sealed, raw) {
+            (Some(s), _) => s,
+            (None, Some(raw)) => {
+                if self.repo.exists(&path).await? {
+                    return Ok((hash, 0));
+                }
+                let repo = self.repo.clone();
+                blocking(move || repo.seal_blocking(&raw)).await?
+            }
+            (None, None) => return Err(Error::invalid_input("backup job state")),
+        };
+        drop(cpu);
+        let mib = u32::try_from(sealed.len() >> 20)
+            .unwrap_or(u32::MAX)
+            .saturating_add(1)
+            .min(IO_BUDGET_MIB);
+        let _io = self
+            .io
+            .clone()
+            .acquire_many_owned(mib)
+            .await
+            .map_err(|_| Error::Cancelled {
+                what: "backup".into(),
+            })?;
+        let n = match self.repo.put_sealed_create(&path, sealed).await? {
+            Some(n) => n,
+            None => {
+                self.check_first.store(true, Ordering::Relaxed);
+                0
+            }
+        };
+        self.stored.fetch_add(n, Ordering::Relaxed);
+        Ok((hash, n))
+    }
+
+    fn record_failure(&self, e: &Error) {
+        if let Ok(mut g) = self.failed.lock() {
+            g.get_or_insert_with(|| e.to_string());
+        }
+    }
+}
+
+/// Runs CPU-heavy work (hashing, compression) off the async workers.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Error::invalid_input(format!("backup task: {e}")))?
+}
+
+struct Builder {
+    shared: Arc<Shared>,
+    /// Bounds the hashing and compression jobs (and their raw bytes) in flight.
     sem: Arc<Semaphore>,
-    failed: Arc<Mutex<Option<String>>>,
-    stored: Arc<AtomicU64>,
     prefix: String,
     reader: Option<TarReader>,
     open: Option<OpenFile>,
@@ -130,7 +223,7 @@ fn sha_hex(data: &[u8]) -> String {
 
 impl Builder {
     fn check_failed(&self) -> Result<()> {
-        match self.failed.lock() {
+        match self.shared.failed.lock() {
             Ok(g) => match g.as_ref() {
                 Some(e) => Err(Error::invalid_input(format!("backup job failed: {e}"))),
                 None => Ok(()),
@@ -139,42 +232,27 @@ impl Builder {
         }
     }
 
-    async fn spawn_chunk(&mut self, data: Bytes) -> Result<ChunkJob> {
+    async fn cpu_permit(&self) -> Result<OwnedSemaphorePermit> {
         self.check_failed()?;
-        let permit = self
-            .sem
+        self.sem
             .clone()
             .acquire_owned()
             .await
             .map_err(|_| Error::Cancelled {
                 what: "backup".into(),
-            })?;
-        let repo = self.repo.clone();
-        let failed = self.failed.clone();
-        let stored = self.stored.clone();
+            })
+    }
+
+    async fn spawn_chunk(&mut self, data: Bytes) -> Result<ChunkJob> {
+        let permit = self.cpu_permit().await?;
+        let shared = self.shared.clone();
         Ok(tokio::spawn(async move {
-            let _permit = permit;
-            let r = async {
-                let len = data.len() as u64;
-                let (hash, data) = tokio::task::spawn_blocking(move || (sha_hex(&data), data))
-                    .await
-                    .map_err(|e| Error::invalid_input(format!("hash task: {e}")))?;
-                let path = chunk_path(&hash)?;
-                let n = if repo.exists(&path).await? {
-                    0
-                } else {
-                    repo.put_create(&path, data).await?.unwrap_or(0)
-                };
-                stored.fetch_add(n, Ordering::Relaxed);
-                Ok::<_, Error>((ChunkRef { sha256: hash, len }, n))
-            }
-            .await;
+            let len = data.len() as u64;
+            let r = shared.clone().store_object(data, permit, false).await;
             if let Err(e) = &r {
-                if let Ok(mut g) = failed.lock() {
-                    g.get_or_insert_with(|| e.to_string());
-                }
+                shared.record_failure(e);
             }
-            r
+            r.map(|(sha256, n)| (ChunkRef { sha256, len }, n))
         }))
     }
 
@@ -182,35 +260,15 @@ impl Builder {
         if self.bundle.is_empty() {
             return Ok(());
         }
-        self.check_failed()?;
+        let permit = self.cpu_permit().await?;
         let data = self.bundle.split().freeze();
-        let permit = self
-            .sem
-            .clone()
-            .acquire_owned()
-            .await
-            .map_err(|_| Error::Cancelled {
-                what: "backup".into(),
-            })?;
-        let repo = self.repo.clone();
-        let failed = self.failed.clone();
-        let stored = self.stored.clone();
+        self.bundle
+            .reserve(BUNDLE_TARGET + BUNDLE_FILE_MAX as usize);
+        let shared = self.shared.clone();
         self.bundle_jobs.push(tokio::spawn(async move {
-            let _permit = permit;
-            let r = async {
-                let (hash, data) = tokio::task::spawn_blocking(move || (sha_hex(&data), data))
-                    .await
-                    .map_err(|e| Error::invalid_input(format!("hash task: {e}")))?;
-                let path = bundle_path(&hash)?;
-                let n = repo.put_create(&path, data).await?.unwrap_or(0);
-                stored.fetch_add(n, Ordering::Relaxed);
-                Ok::<_, Error>((hash, n))
-            }
-            .await;
+            let r = shared.clone().store_object(data, permit, true).await;
             if let Err(e) = &r {
-                if let Ok(mut g) = failed.lock() {
-                    g.get_or_insert_with(|| e.to_string());
-                }
+                shared.record_failure(e);
             }
             r
         }));
@@ -269,6 +327,19 @@ impl Builder {
                             .open
                             .as_mut()
                             .ok_or_else(|| Error::invalid_input("tar state"))?;
+                        if f.chunk.is_empty() {
+                            f.chunk.reserve(
+                                CHUNK_SIZE.min(
+                                    usize::try_from(
+                                        f.rec
+                                            .size
+                                            .saturating_sub(f.received)
+                                            .saturating_add(rest.len() as u64),
+                                    )
+                                    .unwrap_or(CHUNK_SIZE),
+                                ),
+                            );
+                        }
                         let room = CHUNK_SIZE - f.chunk.len();
                         let take = room.min(rest.len());
                         f.chunk.extend_from_slice(&rest.split_to(take));
@@ -364,7 +435,7 @@ impl Builder {
             };
             out.push(rec);
         }
-        Ok((out, self.stored.load(Ordering::Relaxed)))
+        Ok((out, self.shared.stored.load(Ordering::Relaxed)))
     }
 }
 
@@ -492,10 +563,14 @@ impl PgBackup {
             .collect();
 
         let mut b = Builder {
-            repo: self.repo.clone(),
+            shared: Arc::new(Shared {
+                repo: self.repo.clone(),
+                io: Arc::new(Semaphore::new(IO_BUDGET_MIB as usize)),
+                failed: Mutex::new(None),
+                stored: AtomicU64::new(0),
+                check_first: AtomicBool::new(previous || request.resume.is_some()),
+            }),
             sem: Arc::new(Semaphore::new(self.cfg.concurrency.max(1))),
-            failed: Arc::new(Mutex::new(None)),
-            stored: Arc::new(AtomicU64::new(0)),
             prefix: String::new(),
             reader: None,
             open: None,

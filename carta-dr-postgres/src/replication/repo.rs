@@ -37,7 +37,18 @@ impl Repo {
         let sealed = tokio::task::spawn_blocking(move || envelope::seal(&opts, &raw))
             .await
             .map_err(|e| Error::invalid_input(format!("sealing {path}: {e}")))??;
-        let sealed = Bytes::from(sealed);
+        self.put_sealed_create(path, Bytes::from(sealed)).await
+    }
+
+    /// Seals `raw` on the calling thread (compression, checksums, encryption): for callers
+    /// that already run on a blocking thread.
+    pub fn seal_blocking(&self, raw: &[u8]) -> Result<Bytes> {
+        envelope::seal(&self.opts, raw).map(Bytes::from)
+    }
+
+    /// Writes an object sealed by [`Repo::seal_blocking`] create-only. Returns the stored
+    /// size, or `None` when an object already exists at `path`.
+    pub async fn put_sealed_create(&self, path: &StorePath, sealed: Bytes) -> Result<Option<u64>> {
         let n = sealed.len() as u64;
         if self.store.put_if_absent(path, sealed).await? {
             Ok(Some(n))
@@ -49,6 +60,17 @@ impl Repo {
     /// Whether an object exists.
     pub async fn exists(&self, path: &StorePath) -> Result<bool> {
         self.store.exists(path).await
+    }
+
+    /// Reads a sealed object without opening it (see [`Repo::open_blocking`]).
+    pub async fn get_sealed(&self, path: &StorePath) -> Result<Bytes> {
+        self.store.get_bytes(path).await
+    }
+
+    /// Opens a sealed object on the calling thread, verifying its integrity: for callers
+    /// that already run on a blocking thread.
+    pub fn open_blocking(&self, path: &StorePath, sealed: &[u8]) -> Result<Vec<u8>> {
+        envelope::open(path.as_ref(), sealed, self.opts.key.as_deref())
     }
 
     /// Reads and opens a sealed object, verifying its integrity.

@@ -15,14 +15,15 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering as AtomicOrdering};
 use std::sync::Arc;
 
 use bytes::Bytes;
 use carta_dr_core::catalog::{
-    bundle_path, chunk_path, time_to_secs, validate_relative_path, BackupRecord, Content, FileKind,
-    FileRecord,
+    bundle_path, chunk_path, time_to_secs, validate_relative_path, BackupRecord, ChunkRef, Content,
+    FileKind, FileRecord,
 };
 use carta_dr_core::{BackupId, Error, Lsn, Result};
 use futures::stream::{self, StreamExt, TryStreamExt};
@@ -294,19 +295,53 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'sta
         .map_err(|e| Error::invalid_input(format!("restore task: {e}")))?
 }
 
-async fn restore_chunked(ctx: Arc<Ctx>, f: FileRecord) -> Result<(u64, u64)> {
-    let Content::Chunks { chunks } = f.content.clone() else {
-        return Err(Error::invalid_input(
-            "restore_chunked on a non-chunked file",
-        ));
-    };
-    let (c2, f2) = (ctx.clone(), f.clone());
-    let prepared = blocking(move || {
-        let dest = c2.dest(&f2)?;
-        if c2.unchanged(&f2, &dest) {
+/// A chunked file being restored: its chunks are fetched, checked and written at their
+/// offsets by independent jobs (any number of them at once, across files), and the job that
+/// completes the last chunk checks the file's CRC-32C and renames it into place.
+struct ChunkedFile {
+    rec: FileRecord,
+    chunks: Vec<ChunkRef>,
+    offsets: Vec<u64>,
+    /// Created by the first job to need it; `None` when a delta restore keeps the file.
+    state: tokio::sync::OnceCell<Option<OpenTemp>>,
+    /// CRC-32C of each chunk, combined in order at the end.
+    crcs: std::sync::Mutex<Vec<u32>>,
+    remaining: AtomicUsize,
+}
+
+/// The temporary file a chunked file is written to before being renamed into place.
+struct OpenTemp {
+    dest: PathBuf,
+    tmp: PathBuf,
+    /// Taken (and so closed) when the file is complete.
+    file: std::sync::Mutex<Option<Arc<std::fs::File>>>,
+}
+
+impl ChunkedFile {
+    fn new(rec: FileRecord, chunks: Vec<ChunkRef>) -> Self {
+        let mut offsets = Vec::with_capacity(chunks.len());
+        let mut at = 0u64;
+        for c in &chunks {
+            offsets.push(at);
+            at = at.saturating_add(c.len);
+        }
+        ChunkedFile {
+            crcs: std::sync::Mutex::new(vec![0; chunks.len()]),
+            remaining: AtomicUsize::new(chunks.len()),
+            rec,
+            chunks,
+            offsets,
+            state: tokio::sync::OnceCell::new(),
+        }
+    }
+
+    /// Creates the temporary file, or decides (delta) that the file stays as it is.
+    fn prepare(&self, ctx: &Ctx) -> Result<Option<OpenTemp>> {
+        let f = &self.rec;
+        let dest = ctx.dest(f)?;
+        if ctx.unchanged(f, &dest) {
             return Ok(None);
         }
-        // Written chunk by chunk to a temporary file, then renamed: memory stays at one chunk.
         // `16384` and `16384.1` must not share a temporary name: append, never replace.
         let mut tmp_name = dest.file_name().unwrap_or_default().to_os_string();
         tmp_name.push(".carta-dr-tmp");
@@ -315,62 +350,121 @@ async fn restore_chunked(ctx: Arc<Ctx>, f: FileRecord) -> Result<(u64, u64)> {
         let out = std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
-            .mode(f2.mode & 0o777)
+            .mode(f.mode & 0o777)
             .custom_flags(libc::O_NOFOLLOW)
             .open(&tmp)
             .map_err(|e| io_err("creating", &tmp, e))?;
-        Ok(Some((dest, tmp, out)))
-    })
-    .await?;
-    let Some((dest, tmp, out)) = prepared else {
-        return Ok((0, 0));
-    };
-    let mut out = Some(out);
-    let mut crc = 0u32;
-    let mut n = 0u64;
-    for (i, c) in chunks.into_iter().enumerate() {
-        let path = chunk_path(&c.sha256)?;
-        let data = match ctx.repo.get(&path).await {
-            Ok(d) => d,
-            Err(e) => {
-                let _ = std::fs::remove_file(&tmp);
-                return Err(e);
-            }
+        Ok(Some(OpenTemp {
+            dest,
+            tmp,
+            file: std::sync::Mutex::new(Some(Arc::new(out))),
+        }))
+    }
+
+    /// Opens, checks and writes chunk `i` from its sealed bytes; completes the file when it
+    /// was the last one. Returns the file's size when this call completed it.
+    fn write_chunk(&self, ctx: &Ctx, t: &OpenTemp, i: usize, sealed: &[u8]) -> Result<u64> {
+        let (Some(c), Some(&offset)) = (self.chunks.get(i), self.offsets.get(i)) else {
+            return Err(Error::invalid_input("restore chunk index out of range"));
         };
-        let mut file = out
-            .take()
-            .ok_or_else(|| Error::invalid_input("restore file state"))?;
-        let (tmp2, fpath) = (tmp.clone(), f.path.clone());
-        let (file, c_crc) = blocking(move || {
-            let got = hex::encode(Sha256::digest(&data));
-            if got != c.sha256 || data.len() as u64 != c.len {
-                let _ = std::fs::remove_file(&tmp2);
-                return Err(Error::corrupt(
-                    &path,
-                    Some(i as u64),
-                    format!("chunk of {fpath} has SHA-256 {got}"),
-                ));
+        let path = chunk_path(&c.sha256)?;
+        let data = ctx.repo.open_blocking(&path, sealed)?;
+        let got = hex::encode(Sha256::digest(&data));
+        if got != c.sha256 || data.len() as u64 != c.len {
+            return Err(Error::corrupt(
+                &path,
+                Some(i as u64),
+                format!("chunk of {} has SHA-256 {got}", self.rec.path),
+            ));
+        }
+        let file = t
+            .file
+            .lock()
+            .map_err(|_| Error::invalid_input("restore file state poisoned"))?
+            .clone()
+            .ok_or_else(|| Error::invalid_input("restore file already complete"))?;
+        file.write_all_at(&data, offset)
+            .map_err(|e| io_err("writing", &t.tmp, e))?;
+        drop(file);
+        let crc = crc32c::crc32c(&data);
+        {
+            let mut crcs = self
+                .crcs
+                .lock()
+                .map_err(|_| Error::invalid_input("restore file state poisoned"))?;
+            if let Some(slot) = crcs.get_mut(i) {
+                *slot = crc;
             }
-            file.write_all(&data)
-                .map_err(|e| io_err("writing", &tmp2, e))?;
-            Ok((file, crc32c::crc32c_append(crc, &data)))
+        }
+        if self.remaining.fetch_sub(1, AtomicOrdering::AcqRel) != 1 {
+            return Ok(0);
+        }
+        // The last chunk: every write is done.
+        let crcs = self
+            .crcs
+            .lock()
+            .map_err(|_| Error::invalid_input("restore file state poisoned"))?;
+        let mut crc = 0u32;
+        let mut n = 0u64;
+        for (c, part) in self.chunks.iter().zip(crcs.iter()) {
+            crc = crc32c::crc32c_combine(crc, *part, usize::try_from(c.len).unwrap_or(0));
+            n = n.saturating_add(c.len);
+        }
+        drop(t.file.lock().ok().and_then(|mut g| g.take()));
+        if crc != self.rec.crc32c || n != self.rec.size {
+            return Err(Error::corrupt(
+                &self.rec.path,
+                None,
+                "CRC-32C of the restored file differs",
+            ));
+        }
+        std::fs::rename(&t.tmp, &t.dest).map_err(|e| io_err("renaming", &t.dest, e))?;
+        Ok(n)
+    }
+}
+
+/// Restores chunk `i` of `file`. Returns (files written, files unchanged, bytes written).
+async fn restore_chunk(ctx: Arc<Ctx>, file: Arc<ChunkedFile>, i: usize) -> Result<(u64, u64, u64)> {
+    let state = file
+        .state
+        .get_or_try_init(|| {
+            let (ctx, file) = (ctx.clone(), file.clone());
+            async move { blocking(move || file.prepare(&ctx)).await }
         })
         .await?;
-        crc = c_crc;
-        n += c.len;
-        out = Some(file);
+    let Some(t) = state else {
+        return Ok((0, u64::from(i == 0), 0));
+    };
+    let path = chunk_path(
+        &file
+            .chunks
+            .get(i)
+            .ok_or_else(|| Error::invalid_input("restore chunk index out of range"))?
+            .sha256,
+    )?;
+    let sealed = match ctx.repo.get_sealed(&path).await {
+        Ok(s) => s,
+        Err(e) => {
+            let _ = std::fs::remove_file(&t.tmp);
+            return Err(e);
+        }
+    };
+    let (c2, f2) = (ctx.clone(), file.clone());
+    let r = blocking(move || {
+        let Some(Some(t)) = f2.state.get() else {
+            return Err(Error::invalid_input("restore file state"));
+        };
+        f2.write_chunk(&c2, t, i, &sealed)
+    })
+    .await;
+    match r {
+        Ok(0) => Ok((0, 0, 0)),
+        Ok(n) => Ok((1, 0, n)),
+        Err(e) => {
+            let _ = std::fs::remove_file(&t.tmp);
+            Err(e)
+        }
     }
-    drop(out);
-    if crc != f.crc32c || n != f.size {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(Error::corrupt(
-            &f.path,
-            None,
-            "CRC-32C of the restored file differs",
-        ));
-    }
-    std::fs::rename(&tmp, &dest).map_err(|e| io_err("renaming", &dest, e))?;
-    Ok((1, n))
 }
 
 async fn restore_bundle(
@@ -463,8 +557,78 @@ pub fn recovery_settings(opts: &RestoreOptions) -> Vec<(String, String)> {
     s
 }
 
-/// Restores a backup from `repo` as `opts` says.
+/// Restores a backup from `repo` as `opts` says, each tablespace to its original location.
 pub async fn restore(repo: &Repo, opts: &RestoreOptions) -> Result<RestoreReport> {
+    restore_with_tablespaces(repo, opts, &[]).await
+}
+
+/// One tablespace relocation: the tablespace named by `from` (its OID, or its original
+/// location as recorded in the backup) is restored to `to` (an absolute directory).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TablespaceRelocation {
+    /// The OID (decimal) or the original absolute location.
+    pub from: String,
+    /// The new location.
+    pub to: PathBuf,
+}
+
+impl std::str::FromStr for TablespaceRelocation {
+    type Err = Error;
+
+    /// Parses `FROM=TO` (`16385=/new/dir` or `/old/dir=/new/dir`).
+    fn from_str(s: &str) -> Result<Self> {
+        let (from, to) = s.split_once('=').ok_or_else(|| {
+            Error::invalid(
+                "tablespace relocation",
+                s,
+                "expected OLD=NEW (OID or directory)",
+            )
+        })?;
+        if from.is_empty() || to.is_empty() {
+            return Err(Error::invalid(
+                "tablespace relocation",
+                s,
+                "expected OLD=NEW (OID or directory)",
+            ));
+        }
+        Ok(TablespaceRelocation {
+            from: from.trim_end_matches('/').to_string(),
+            to: PathBuf::from(to),
+        })
+    }
+}
+
+/// `tablespace_map` as PostgreSQL 15 writes it: `OID PATH` per line, with `\`, `\n` and
+/// `\r` in the path escaped by a backslash.
+fn tablespace_map_text(entries: &[(u32, &Path)]) -> Result<String> {
+    let mut out = String::new();
+    for (oid, p) in entries {
+        let p = p.to_str().ok_or_else(|| {
+            Error::invalid("tablespace location", p.display().to_string(), "not UTF-8")
+        })?;
+        out.push_str(&oid.to_string());
+        out.push(' ');
+        for c in p.chars() {
+            if matches!(c, '\\' | '\n' | '\r') {
+                out.push('\\');
+            }
+            out.push(c);
+        }
+        out.push('\n');
+    }
+    Ok(out)
+}
+
+/// Restores a backup from `repo` as `opts` says, moving the tablespaces `relocate` names
+/// to their new locations: the links under `pg_tblspc` point there, and the backup's
+/// `tablespace_map` (which PostgreSQL applies when it starts from the backup, re-creating
+/// those links) is rewritten to name them too. A relocation that matches no tablespace of
+/// the backup is an error.
+pub async fn restore_with_tablespaces(
+    repo: &Repo,
+    opts: &RestoreOptions,
+    relocate: &[TablespaceRelocation],
+) -> Result<RestoreReport> {
     let records = repo.load_all().await?;
     let rec = select_backup(&records, opts.backup, &opts.target)?.clone();
     drop(records);
@@ -495,22 +659,59 @@ pub async fn restore(repo: &Repo, opts: &RestoreOptions) -> Result<RestoreReport
         .canonicalize()
         .map_err(|e| io_err("resolving", &root, e))?;
 
+    for r in relocate {
+        let known = rec
+            .tablespaces
+            .iter()
+            .any(|t| t.oid.to_string() == r.from || t.location.trim_end_matches('/') == r.from);
+        if !known {
+            return Err(Error::invalid(
+                "tablespace relocation",
+                r.from.clone(),
+                format!(
+                    "backup {} has no tablespace with this OID or location",
+                    rec.id
+                ),
+            ));
+        }
+    }
     let mut tablespaces = HashMap::new();
+    let mut relocated = false;
     for t in &rec.tablespaces {
-        let loc = PathBuf::from(&t.location);
+        let moved = relocate
+            .iter()
+            .find(|r| t.oid.to_string() == r.from || t.location.trim_end_matches('/') == r.from);
+        relocated |= moved.is_some();
+        let loc = moved
+            .map(|r| r.to.clone())
+            .unwrap_or_else(|| PathBuf::from(&t.location));
+        let shown = loc.display().to_string();
         if !loc.is_absolute() || loc.components().any(|c| matches!(c, Component::ParentDir)) {
             return Err(Error::invalid(
                 "tablespace location",
-                t.location.clone(),
+                shown,
                 "not a plain absolute path",
             ));
         }
-        if !is_empty_dir(&loc)? && !opts.delta {
+        if loc.starts_with(&root) || root.starts_with(&loc) {
             return Err(Error::invalid(
                 "tablespace location",
-                t.location.clone(),
-                "is not empty",
+                shown,
+                "overlaps the target data directory",
             ));
+        }
+        if tablespaces
+            .values()
+            .any(|o: &PathBuf| o.starts_with(&loc) || loc.starts_with(o))
+        {
+            return Err(Error::invalid(
+                "tablespace location",
+                shown,
+                "overlaps another tablespace's location",
+            ));
+        }
+        if !is_empty_dir(&loc)? && !opts.delta {
+            return Err(Error::invalid("tablespace location", shown, "is not empty"));
         }
         std::fs::DirBuilder::new()
             .recursive(true)
@@ -602,7 +803,11 @@ pub async fn restore(repo: &Repo, opts: &RestoreOptions) -> Result<RestoreReport
         if std::fs::symlink_metadata(&link).is_ok() {
             std::fs::remove_file(&link).map_err(|e| io_err("removing", &link, e))?;
         }
-        std::os::unix::fs::symlink(&t.location, &link).map_err(|e| io_err("linking", &link, e))?;
+        let loc = ctx
+            .tablespaces
+            .get(&t.oid)
+            .ok_or_else(|| Error::invalid_input("tablespace state"))?;
+        std::os::unix::fs::symlink(loc, &link).map_err(|e| io_err("linking", &link, e))?;
     }
 
     // Files: one job per chunked file, one per bundle.
@@ -614,8 +819,10 @@ pub async fn restore(repo: &Repo, opts: &RestoreOptions) -> Result<RestoreReport
             Content::Bundled { bundle, .. } => {
                 bundles.entry(bundle.clone()).or_default().push(f.clone())
             }
-            Content::Chunks { .. } => chunked.push(f.clone()),
-            Content::None => empty.push(f.clone()),
+            Content::Chunks { chunks } if !chunks.is_empty() => {
+                chunked.push(ChunkedFile::new(f.clone(), chunks.clone()))
+            }
+            Content::Chunks { .. } | Content::None => empty.push(f.clone()),
         }
     }
     let mut report = RestoreReport {
@@ -646,12 +853,12 @@ pub async fn restore(repo: &Repo, opts: &RestoreOptions) -> Result<RestoreReport
                 let ctx = ctx.clone();
                 futures::future::Either::Left(async move { restore_bundle(ctx, b, fs).await })
             })
-            .chain(chunked.into_iter().map(|f| {
+            .chain(chunked.into_iter().flat_map(|f| {
+                let n = f.chunks.len();
+                let f = Arc::new(f);
                 let ctx = ctx.clone();
-                futures::future::Either::Right(async move {
-                    restore_chunked(ctx, f)
-                        .await
-                        .map(|(w, b)| (w, 1 - w.min(1), b))
+                (0..n).map(move |i| {
+                    futures::future::Either::Right(restore_chunk(ctx.clone(), f.clone(), i))
                 })
             })),
     )
@@ -674,6 +881,20 @@ pub async fn restore(repo: &Repo, opts: &RestoreOptions) -> Result<RestoreReport
         for loc in ctx.tablespaces.values() {
             report.files_removed += remove_extra(loc, &keep)?;
         }
+    }
+
+    // PostgreSQL re-creates the pg_tblspc links from tablespace_map when it starts from the
+    // backup: it must name the new locations.
+    let map_file = root.join("tablespace_map");
+    if relocated && rec.files.iter().any(|f| f.path == "tablespace_map") {
+        let mut entries: Vec<(u32, &Path)> = ctx
+            .tablespaces
+            .iter()
+            .map(|(oid, p)| (*oid, p.as_path()))
+            .collect();
+        entries.sort();
+        let text = tablespace_map_text(&entries)?;
+        write_file(&map_file, 0o600, &[Bytes::from(text)])?;
     }
 
     // Recovery configuration.
@@ -769,6 +990,23 @@ mod tests {
         assert!(destination(root, "pg_tblspc/99/x", &ts).is_err());
         assert!(destination(root, "../etc/passwd", &ts).is_err());
         assert!(destination(root, "/etc/passwd", &ts).is_err());
+    }
+
+    #[test]
+    fn tablespace_relocations_and_map() {
+        let r: TablespaceRelocation = "16385=/new/ts".parse().unwrap();
+        assert_eq!(r.from, "16385");
+        assert_eq!(r.to, Path::new("/new/ts"));
+        let r: TablespaceRelocation = "/old/ts/=/new/ts".parse().unwrap();
+        assert_eq!(r.from, "/old/ts");
+        assert!("nothing".parse::<TablespaceRelocation>().is_err());
+        assert!("=/x".parse::<TablespaceRelocation>().is_err());
+        let text = tablespace_map_text(&[
+            (16385, Path::new("/a/b")),
+            (16386, Path::new("/odd\\name\nx")),
+        ])
+        .unwrap();
+        assert_eq!(text, "16385 /a/b\n16386 /odd\\\\name\\\nx\n");
     }
 
     #[test]
