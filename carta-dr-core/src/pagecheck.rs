@@ -8,7 +8,8 @@
 //! [`check_page`] applies the rule a restored data directory is checked with:
 //!
 //! * an all-zero page is a valid new page (PostgreSQL extends relations with zeroed pages);
-//! * a page whose `pd_upper` is 0 but which is not all zeros is damaged;
+//! * a page whose `pd_upper` is 0 but which is not all zeros is damaged (or, in an online copy,
+//!   torn while being initialised: [`PageStatus::NewNotZero`] tells it apart);
 //! * a page whose `pd_lsn` is at or after `skip_from` (the backup's start LSN) is skipped: it
 //!   changed while the backup copied it, may be torn in the copy, and WAL replay rewrites it
 //!   from a full-page image;
@@ -118,9 +119,12 @@ pub enum PageStatus {
         /// What [`pg_checksum_page`] computes.
         computed: u16,
     },
-    /// The checksum matches but the header is impossible, or the page looks new but is not
-    /// all zeros.
+    /// The checksum matches but the header is impossible.
     BadHeader(String),
+    /// `pd_upper` is 0 (a new page) but the page is not all zeros. Damage, or, in an online
+    /// copy, a torn read of a page being initialised while the copy ran (its header half
+    /// still zero, so its LSN cannot tell).
+    NewNotZero,
 }
 
 impl PageStatus {
@@ -128,7 +132,7 @@ impl PageStatus {
     pub fn is_failure(&self) -> bool {
         matches!(
             self,
-            PageStatus::BadChecksum { .. } | PageStatus::BadHeader(_)
+            PageStatus::BadChecksum { .. } | PageStatus::BadHeader(_) | PageStatus::NewNotZero
         )
     }
 }
@@ -141,9 +145,7 @@ pub fn check_page(page: &[u8; BLCKSZ], blkno: u32, skip_from: Option<Lsn>) -> Pa
         if page.iter().all(|b| *b == 0) {
             return PageStatus::New;
         }
-        return PageStatus::BadHeader(
-            "pd_upper is 0 (a new page) but the page is not all zeros".into(),
-        );
+        return PageStatus::NewNotZero;
     }
     let lsn = page_lsn(page);
     if let Some(s) = skip_from {
@@ -182,6 +184,8 @@ pub struct PageFailure {
     pub blkno: u32,
     /// What is wrong.
     pub what: String,
+    /// The failure is [`PageStatus::NewNotZero`].
+    pub new_not_zero: bool,
 }
 
 /// The outcome of [`RelFileCheck`].
@@ -264,11 +268,19 @@ impl RelFileCheck {
                 what: format!(
                     "page checksum mismatch: stored {stored:#06x}, computed {computed:#06x}"
                 ),
+                new_not_zero: false,
             }),
             PageStatus::BadHeader(what) => self.sum.failures.push(PageFailure {
                 block_in_file: self.block,
                 blkno,
                 what: format!("invalid page header: {what}"),
+                new_not_zero: false,
+            }),
+            PageStatus::NewNotZero => self.sum.failures.push(PageFailure {
+                block_in_file: self.block,
+                blkno,
+                what: "pd_upper is 0 (a new page) but the page is not all zeros".into(),
+                new_not_zero: true,
             }),
         }
         self.block += 1;
@@ -424,7 +436,10 @@ mod tests {
         assert_eq!(check_page(&zero, 3, None), PageStatus::New);
         let mut almost = zero;
         almost[100] = 1;
+        assert_eq!(check_page(&almost, 3, None), PageStatus::NewNotZero);
         assert!(check_page(&almost, 3, None).is_failure());
+        let s = check_file(&almost, 0, None);
+        assert!(s.failures[0].new_not_zero);
         let p = page(HEAP, 0);
         let lsn = page_lsn(&p);
         assert_eq!(check_page(&p, 0, Some(lsn)), PageStatus::Skipped(lsn));

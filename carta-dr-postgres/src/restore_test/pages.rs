@@ -150,13 +150,24 @@ fn scan(data: &Path, rel: &[(String, u32)], skip_from: Lsn) -> Scan {
         out.verified += s.verified;
         out.new_pages += s.new_pages;
         out.skipped += s.skipped;
-        out.failed += s.failures.len() as u64;
+        out.failed += s.failures.iter().filter(|f| !f.new_not_zero).count() as u64;
         for f in s.failures.iter().take(MAX_PER_FILE) {
+            // A page with a zero header half and data after it can be a torn copy of a page
+            // being initialised during the backup, which replay rewrites: not proof of damage.
+            let (sev, note) = if f.new_not_zero {
+                (
+                    Severity::Warning,
+                    " (damage, or a page initialised while the backup copied it, which WAL \
+                     replay rewrites)",
+                )
+            } else {
+                (Severity::Error, "")
+            };
             out.findings.push(finding(
-                Severity::Error,
+                sev,
                 Some(f.block_in_file * BLCKSZ as u64),
                 Some(u64::from(f.blkno)),
-                format!("block {} of the relation: {}", f.blkno, f.what),
+                format!("block {} of the relation: {}{note}", f.blkno, f.what),
             ));
         }
         if s.failures.len() > MAX_PER_FILE {
