@@ -7,7 +7,7 @@ use carta_dr_core::traits::{Location, Severity, VerifyReport};
 use super::rowcounts::TABLES_SQL;
 use super::{Expected, RowCountMode};
 use crate::dump::quote_ident;
-use crate::local_cluster::{LocalCluster, PgInstall};
+use crate::local_cluster::PgInstall;
 
 /// Lines of pg_amcheck output reported, at most.
 const MAX_AMCHECK_LINES: usize = 50;
@@ -107,6 +107,33 @@ pub(crate) fn pg_msg(e: &tokio_postgres::Error) -> String {
     }
 }
 
+/// How the checks reach the scratch server: loopback port and superuser.
+#[derive(Clone, Debug)]
+pub(crate) struct Scratch {
+    pub port: u16,
+    pub user: String,
+}
+
+/// Quotes a libpq connection-string value.
+fn conn_value(v: &str) -> String {
+    format!("'{}'", v.replace('\\', "\\\\").replace('\'', "\\'"))
+}
+
+impl Scratch {
+    pub(crate) fn conninfo(&self, db: &str) -> String {
+        format!(
+            "host=127.0.0.1 port={} user={} dbname={}",
+            self.port,
+            conn_value(&self.user),
+            conn_value(db)
+        )
+    }
+
+    pub(crate) async fn connect(&self, db: &str) -> carta_dr_core::Result<tokio_postgres::Client> {
+        crate::local_cluster::connect(&self.conninfo(db)).await
+    }
+}
+
 fn table_loc(db: &str, schema: &str, table: &str) -> Location {
     Location::Dump {
         dump_id: None,
@@ -117,7 +144,7 @@ fn table_loc(db: &str, schema: &str, table: &str) -> Location {
 
 /// Compares per-table row counts; returns how exact the comparison was.
 pub(crate) async fn row_counts(
-    cluster: &LocalCluster,
+    cluster: &Scratch,
     expected: &[Expected],
     report: &mut VerifyReport,
 ) -> RowCountMode {
@@ -223,7 +250,7 @@ pub(crate) async fn row_counts(
 }
 
 /// `pg_amcheck --all --install-missing --heapallindexed`: heap and btree checks.
-pub(crate) async fn amcheck(install: &PgInstall, port: u16, report: &mut VerifyReport) {
+pub(crate) async fn amcheck(install: &PgInstall, target: &Scratch, report: &mut VerifyReport) {
     if !install.has("pg_amcheck") {
         report.push(
             Severity::Warning,
@@ -236,7 +263,8 @@ pub(crate) async fn amcheck(install: &PgInstall, port: u16, report: &mut VerifyR
         return;
     }
     let mut cmd = install.command("pg_amcheck");
-    cmd.args(["-h", "127.0.0.1", "-p", &port.to_string(), "-U", "postgres"])
+    cmd.args(["-h", "127.0.0.1", "-p", &target.port.to_string()])
+        .args(["-U", &target.user, "--maintenance-db", "template1"])
         .args(["--all", "--install-missing", "--heapallindexed"]);
     let out = match install.output(cmd, "pg_amcheck").await {
         Ok(o) => o,
@@ -306,7 +334,7 @@ pub(crate) async fn amcheck(install: &PgInstall, port: u16, report: &mut VerifyR
 /// Runs each assertion in a read-only transaction; it must return one row whose first
 /// column is `true`.
 pub(crate) async fn assertions(
-    cluster: &LocalCluster,
+    cluster: &Scratch,
     list: &[super::Assertion],
     report: &mut VerifyReport,
 ) {
@@ -381,8 +409,8 @@ pub(crate) async fn assertions(
 /// Samples up to `n` rows of every user table, detoasts every column (the row as text), and for
 /// tables with a primary key re-reads each sampled row through the key's index (sequential
 /// and TID scans off) and compares it with the heap's.
-pub(crate) async fn spot_check(cluster: &LocalCluster, n: u32, report: &mut VerifyReport) {
-    let dbs: Vec<String> = match cluster.connect("postgres").await {
+pub(crate) async fn spot_check(cluster: &Scratch, n: u32, report: &mut VerifyReport) {
+    let dbs: Vec<String> = match cluster.connect("template1").await {
         Ok(c) => match c
             .query(
                 "SELECT datname::text FROM pg_database WHERE datallowconn AND NOT datistemplate \
@@ -562,6 +590,18 @@ pub(crate) async fn spot_check(cluster: &LocalCluster, n: u32, report: &mut Veri
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn scratch_conninfo_quotes_names() {
+        let t = Scratch {
+            port: 5433,
+            user: "o'neil".into(),
+        };
+        assert_eq!(
+            t.conninfo("my db"),
+            "host=127.0.0.1 port=5433 user='o\\'neil' dbname='my db'"
+        );
+    }
 
     #[test]
     fn assertion_files() {

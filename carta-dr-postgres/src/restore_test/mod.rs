@@ -401,7 +401,12 @@ async fn run_backup(
     .map_err(|e| Error::io(format!("writing {}", hba.display()), e))?;
     st.install.give(&hba)?;
     cluster.set("hba_file", &hba.display().to_string());
-    let started = start_promoted(&mut cluster, opts.start_timeout).await;
+    let user = counts
+        .as_ref()
+        .and_then(|c| c.superuser.clone())
+        .unwrap_or_else(|| "postgres".into());
+    let target = checks::Scratch { port: 0, user };
+    let started = start_promoted(&mut cluster, &target, opts.start_timeout).await;
     st.cluster = Some(cluster);
     st.end_phase("start");
     if let Err(e) = started {
@@ -412,13 +417,21 @@ async fn run_backup(
         );
         return Ok(());
     }
-    run_checks(opts, st, &expected).await
+    run_checks(opts, st, &expected, &target.user).await
 }
 
 /// Launches the server and waits until recovery has ended (`pg_is_in_recovery()` false).
-async fn start_promoted(cluster: &mut LocalCluster, timeout: Duration) -> Result<()> {
+async fn start_promoted(
+    cluster: &mut LocalCluster,
+    target: &checks::Scratch,
+    timeout: Duration,
+) -> Result<()> {
     let deadline = Instant::now() + timeout;
     cluster.start(timeout).await?;
+    let target = checks::Scratch {
+        port: cluster.port(),
+        user: target.user.clone(),
+    };
     loop {
         if !cluster.running() {
             return Err(Error::invalid_input(format!(
@@ -426,7 +439,7 @@ async fn start_promoted(cluster: &mut LocalCluster, timeout: Duration) -> Result
                 cluster.log_tail(20)
             )));
         }
-        if let Ok(c) = cluster.connect("postgres").await {
+        if let Ok(c) = crate::local_cluster::connect(&target.conninfo("template1")).await {
             if let Ok(row) = c.query_one("SELECT pg_is_in_recovery()", &[]).await {
                 if !row.get::<_, bool>(0) {
                     return Ok(());
@@ -514,7 +527,7 @@ async fn run_dump(
         tables: rec.tables.clone(),
         snapshot: None,
     }];
-    run_checks(opts, st, &expected).await
+    run_checks(opts, st, &expected, "postgres").await
 }
 
 /// Streams the opened dump into `pg_restore --no-owner --no-privileges --exit-on-error`.
@@ -595,23 +608,28 @@ async fn run_checks(
     opts: &RestoreTestOptions,
     st: &mut State,
     expected: &[Expected],
+    user: &str,
 ) -> Result<()> {
     // Held here while the checks borrow the state; dropped (killed) if the future is.
     let Some(cluster) = st.cluster.take() else {
         return Ok(());
     };
+    let target = checks::Scratch {
+        port: cluster.port(),
+        user: user.to_string(),
+    };
     if !expected.is_empty() {
-        st.row_counts = checks::row_counts(&cluster, expected, &mut st.report).await;
+        st.row_counts = checks::row_counts(&target, expected, &mut st.report).await;
     }
     st.end_phase("row_counts");
-    checks::amcheck(&st.install, cluster.port(), &mut st.report).await;
+    checks::amcheck(&st.install, &target, &mut st.report).await;
     st.end_phase("pg_amcheck");
     if !opts.assertions.is_empty() {
-        checks::assertions(&cluster, &opts.assertions, &mut st.report).await;
+        checks::assertions(&target, &opts.assertions, &mut st.report).await;
     }
     st.end_phase("assertions");
     if opts.sample_rows > 0 {
-        checks::spot_check(&cluster, opts.sample_rows, &mut st.report).await;
+        checks::spot_check(&target, opts.sample_rows, &mut st.report).await;
     }
     st.end_phase("spot_check");
     st.cluster = Some(cluster);

@@ -45,6 +45,9 @@ pub struct RowCountRecord {
     pub target_lsn: Lsn,
     /// Per database.
     pub databases: Vec<DatabaseCounts>,
+    /// The bootstrap superuser (role oid 10), whom the restore test connects as.
+    #[serde(default)]
+    pub superuser: Option<String>,
 }
 
 /// The store path of backup `id`'s row counts.
@@ -101,7 +104,9 @@ pub(crate) const TABLES_SQL: &str = "SELECT n.nspname::text, c.relname::text FRO
       ORDER BY 1, 2";
 
 /// Counts the rows of every database in one snapshot each; see the [module docs](self).
-pub async fn take_row_counts(conn: &ConnParams) -> Result<(Lsn, Vec<DatabaseCounts>)> {
+pub async fn take_row_counts(
+    conn: &ConnParams,
+) -> Result<(Lsn, Vec<DatabaseCounts>, Option<String>)> {
     let first_db = conn.dbname.clone().unwrap_or_else(|| "postgres".into());
     let client = connect(conn, &first_db).await?;
     let dbs: Vec<String> = client
@@ -115,6 +120,12 @@ pub async fn take_row_counts(conn: &ConnParams) -> Result<(Lsn, Vec<DatabaseCoun
         .iter()
         .map(|r| r.get(0))
         .collect();
+    let superuser: Option<String> = client
+        .query_opt("SELECT rolname::text FROM pg_roles WHERE oid = 10", &[])
+        .await
+        .ok()
+        .flatten()
+        .map(|r| r.get(0));
     let mut out = Vec::with_capacity(dbs.len());
     let mut target = Lsn(0);
     for db in dbs {
@@ -172,7 +183,7 @@ pub async fn take_row_counts(conn: &ConnParams) -> Result<(Lsn, Vec<DatabaseCoun
     if let Err(e) = client.batch_execute("SELECT pg_switch_wal()").await {
         tracing::warn!(error = %e, "pg_switch_wal() after counting rows failed");
     }
-    Ok((target, out))
+    Ok((target, out, superuser))
 }
 
 /// Takes the row counts ([`take_row_counts`]) and stores them beside backup `id`.
@@ -181,12 +192,13 @@ pub async fn record_row_counts(
     id: BackupId,
     conn: &ConnParams,
 ) -> Result<RowCountRecord> {
-    let (target_lsn, databases) = take_row_counts(conn).await?;
+    let (target_lsn, databases, superuser) = take_row_counts(conn).await?;
     let rec = RowCountRecord {
         backup_id: id.to_string(),
         taken_at: carta_dr_core::catalog::time_to_secs(std::time::SystemTime::now()),
         target_lsn,
         databases,
+        superuser,
     };
     let json = serde_json::to_vec_pretty(&rec)
         .map_err(|e| Error::invalid_input(format!("encoding row counts: {e}")))?;
