@@ -72,6 +72,7 @@ pub async fn run(ctx: &Context, args: Args) -> Result<(), CliError> {
     if let Some(id) = &args.restore_test {
         return super::verify_restore_test::run(ctx, id, &args.restore_test_args, args.json).await;
     }
+    super::verify_restore_test::refuse_stray(&args.restore_test_args)?;
     let (report, from_repo) = if let Some(d) = &args.dump {
         (verify_dump(ctx, d).await?, !Path::new(d).is_file())
     } else if args.id.is_some() || args.all {

@@ -27,26 +27,40 @@ use crate::exit::ErrorClass;
 pub struct RestoreTestArgs {
     /// With --restore-test: a file of SQL queries (separated by `;`) that must each return
     /// true on the restored cluster; `-- database: NAME` picks the database of the next ones.
-    #[arg(long = "assert", value_name = "FILE", requires = "restore_test")]
+    #[arg(long = "assert", value_name = "FILE")]
     pub assert_file: Option<PathBuf>,
-    /// With --restore-test: rows sampled per table by the spot check (0: none).
-    #[arg(
-        long,
-        value_name = "N",
-        default_value_t = 100,
-        requires = "restore_test"
-    )]
-    pub sample_rows: u32,
+    /// With --restore-test: rows sampled per table by the spot check (default 100; 0: none).
+    #[arg(long, value_name = "N")]
+    pub sample_rows: Option<u32>,
     /// With --restore-test: PostgreSQL bin directory (default: $CARTA_DR_PG_BIN, else
     /// `pg_config --bindir`, else /usr/lib/postgresql/15/bin).
-    #[arg(long, value_name = "DIR", requires = "restore_test")]
+    #[arg(long, value_name = "DIR")]
     pub pg_bin: Option<PathBuf>,
     /// With --restore-test, as root: the OS user PostgreSQL runs as (default `postgres`).
-    #[arg(long, value_name = "USER", requires = "restore_test")]
+    #[arg(long, value_name = "USER")]
     pub run_as: Option<String>,
     /// With --restore-test: where the scratch directory goes.
-    #[arg(long, value_name = "DIR", requires = "restore_test")]
+    #[arg(long, value_name = "DIR")]
     pub work_dir: Option<PathBuf>,
+}
+
+/// A usage error when options of `--restore-test` are given without it (clap's `requires`
+/// is met by any member of `verify`'s argument group, so it cannot say this).
+pub fn refuse_stray(args: &RestoreTestArgs) -> Result<(), CliError> {
+    let given = [
+        ("--assert", args.assert_file.is_some()),
+        ("--sample-rows", args.sample_rows.is_some()),
+        ("--pg-bin", args.pg_bin.is_some()),
+        ("--run-as", args.run_as.is_some()),
+        ("--work-dir", args.work_dir.is_some()),
+    ];
+    match given.iter().find(|g| g.1) {
+        Some((flag, _)) => Err(CliError::new(
+            ErrorClass::Usage,
+            format!("{flag} is an option of --restore-test"),
+        )),
+        None => Ok(()),
+    }
 }
 
 /// Runs the restore test of `id` (`latest`, a backup id or a dump id).
@@ -69,7 +83,9 @@ pub async fn run(
             ));
         }
     }
-    opts.sample_rows = args.sample_rows;
+    if let Some(n) = args.sample_rows {
+        opts.sample_rows = n;
+    }
     opts.pg_bin = args
         .pg_bin
         .clone()
