@@ -467,3 +467,42 @@ fn ctrl_c_stops_the_scratch_cluster_and_removes_its_directory() {
         "the scratch server still listens on {port}"
     );
 }
+
+#[test]
+fn restore_test_options_without_restore_test_are_usage_errors() {
+    let repo = scratch_dir("rt-usage-repo");
+    let url = format!("file://{}", repo.path().display());
+    for args in [
+        &["verify", "--wal", "--assert", "a.sql"][..],
+        &["verify", "--sample-rows", "5", "--wal"][..],
+        &["verify", "--restore-test", "not-an-id"][..],
+    ] {
+        let out = std::process::Command::new(backup_support::bin())
+            .arg("--repo")
+            .arg(&url)
+            .args(args)
+            .output()
+            .expect("run carta-dr");
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    // An unknown backup or dump is "not found" (1).
+    for id in ["20200101T000000Z", "shop/20200101T000000Z"] {
+        let out = std::process::Command::new(backup_support::bin())
+            .arg("--repo")
+            .arg(&url)
+            .args(["verify", "--restore-test", id])
+            .output()
+            .expect("run carta-dr");
+        assert_eq!(
+            out.status.code(),
+            Some(1),
+            "{id}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}

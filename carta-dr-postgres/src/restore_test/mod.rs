@@ -199,7 +199,6 @@ pub async fn run(
     envelope: &EnvelopeOptions,
     opts: &RestoreTestOptions,
 ) -> Result<RestoreTestOutcome> {
-    let install = PgInstall::discover(opts.pg_bin.as_deref(), opts.run_as.as_deref())?;
     let started = Instant::now();
     let (subject_text, plan) = match &opts.subject {
         Subject::Dump(id) => {
@@ -225,6 +224,7 @@ pub async fn run(
             )
         }
     };
+    let install = PgInstall::discover(opts.pg_bin.as_deref(), opts.run_as.as_deref())?;
     let area = ScratchArea::create(&install, "restore-test", opts.work_parent.as_deref())?;
     let work_dir = area.path().to_path_buf();
     let mut st = State {
