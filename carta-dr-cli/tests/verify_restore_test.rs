@@ -506,3 +506,88 @@ fn restore_test_options_without_restore_test_are_usage_errors() {
         );
     }
 }
+
+/// Rewrites the row counts recorded beside backup `id` with `change`.
+fn rewrite_row_counts(env: &Env, id: &str, change: impl FnOnce(&mut Value)) {
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    rt.block_on(async {
+        let store = carta_dr_backends::open(&env.repo).expect("open store");
+        let repo = Repo::new(store.clone(), EnvelopeOptions::zstd(3));
+        let path = carta_dr_postgres::restore_test::rowcounts::rowcounts_path(
+            id.parse().expect("backup id"),
+        )
+        .expect("path");
+        let raw = repo
+            .get(&path)
+            .await
+            .expect("row counts recorded with the backup");
+        let mut v: Value = serde_json::from_slice(&raw).expect("row counts JSON");
+        change(&mut v);
+        store.delete(&path).await.expect("delete");
+        repo.put_create(&path, serde_json::to_vec(&v).expect("encode").into())
+            .await
+            .expect("put");
+    });
+    if let (Some(u), Some(dir)) = (test_user(), env.repo_dir.as_ref()) {
+        chown_tree(dir.path(), u.uid, u.gid);
+    }
+}
+
+fn set_items_count(v: &mut Value, rows: i64) {
+    let shop = v["databases"]
+        .as_array_mut()
+        .expect("databases")
+        .iter_mut()
+        .find(|d| d["database"] == "shop")
+        .expect("shop counted");
+    let items = shop["tables"]
+        .as_array_mut()
+        .expect("tables")
+        .iter_mut()
+        .find(|t| t["table"] == "items")
+        .expect("items counted");
+    items["rows"] = rows.into();
+}
+
+#[test]
+fn row_count_difference_is_an_error_unless_a_concurrent_commit_explains_it() {
+    let env = Env::local("rt-counts");
+    fill(&env);
+    let rec = env.backup();
+    let id = rec["id"].as_str().expect("id").to_string();
+    env.archive_now();
+    let work = scratch_dir("rt-counts-work");
+
+    // Recorded 19,999 rows where the restore has 20,000: with no concurrent commit, an error.
+    rewrite_row_counts(&env, &id, |v| set_items_count(v, 19_999));
+    let (out, json) = run_test(&env, &work, &[&id, "--sample-rows", "0"]);
+    assert_eq!(out.status.code(), Some(5), "{json:#}");
+    assert_eq!(json["row_counts"], "exact");
+    let errors = findings(&json, "error");
+    assert_eq!(errors.len(), 1, "{json:#}");
+    assert_eq!(errors[0]["location"]["name"], "shop: public.items");
+    assert_eq!(
+        errors[0]["what"],
+        "row count 20000 after restore, 19999 recorded"
+    );
+    assert_torn_down(&work);
+
+    // The same difference, but the counting snapshot claims not to have seen transactions the
+    // restore holds (as when they commit while the counts are taken): only a warning.
+    rewrite_row_counts(&env, &id, |v| {
+        for d in v["databases"].as_array_mut().expect("databases") {
+            d["snapshot"] = "3:3:".into();
+        }
+    });
+    let (out, json) = run_test(&env, &work, &[&id, "--sample-rows", "0"]);
+    assert!(out.status.success(), "{json:#}");
+    assert_eq!(json["row_counts"], "approximate");
+    assert!(findings(&json, "error").is_empty(), "{json:#}");
+    let warnings = findings(&json, "warning");
+    assert_eq!(warnings.len(), 1, "{json:#}");
+    assert_eq!(warnings[0]["location"]["name"], "shop: public.items");
+    assert!(findings(&json, "info").iter().any(|f| f["what"]
+        .as_str()
+        .is_some_and(|w| w.contains("transactions committed while"))));
+    assert_torn_down(&work);
+}
