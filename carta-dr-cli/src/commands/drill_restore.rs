@@ -10,7 +10,7 @@ use carta_dr_backends::layers::{RetryPolicy, RetryStore};
 use carta_dr_core::Store;
 use carta_dr_postgres::drill::report::parse_duration;
 use carta_dr_postgres::drill::restore_drill::default_report_path;
-use carta_dr_postgres::drill::{history, DrillTarget, RestoreDrillOptions, Scenario};
+use carta_dr_postgres::drill::{history, DrillTarget, PitrBy, RestoreDrillOptions, Scenario};
 use carta_dr_postgres::replication::Repo;
 
 use crate::context::Context;
@@ -25,6 +25,10 @@ pub struct Args {
     /// before it), corrupt-latest (the newest backup is damaged: detect it and fall back).
     #[arg(long, default_value = "crash", value_parser = parse_scenario)]
     pub scenario: Scenario,
+    /// Scenario delete: recover to just before the DELETE by its transaction id (nothing
+    /// else lost), by the time or by the WAL position read just before it.
+    #[arg(long, default_value = "xid", value_parser = parse_pitr_by)]
+    pub pitr_by: PitrBy,
     /// RTO target (30s, 10m, 1h).
     #[arg(long, default_value = "10m", value_parser = parse_duration)]
     pub rto: Duration,
@@ -78,6 +82,10 @@ pub struct Args {
 }
 
 fn parse_scenario(s: &str) -> Result<Scenario, String> {
+    s.parse()
+}
+
+fn parse_pitr_by(s: &str) -> Result<PitrBy, String> {
     s.parse()
 }
 
@@ -144,6 +152,7 @@ pub async fn run(ctx: &Context, args: Args) -> Result<(), CliError> {
     });
     let mut opts = RestoreDrillOptions::embedded(exe, opener);
     opts.scenario = args.scenario;
+    opts.pitr_by = args.pitr_by;
     opts.envelope = ctx.envelope_options()?;
     opts.target = match &args.target_conninfo {
         Some(conninfo) => DrillTarget::Existing {

@@ -13,5 +13,5 @@ pub mod report;
 pub mod restore_drill;
 pub mod writer;
 
-pub use report::{DrillReport, Scenario};
+pub use report::{DrillReport, PitrBy, Scenario};
 pub use restore_drill::{run, DrillOutcome, DrillTarget, RestoreDrillOptions, StoreOpener};

@@ -213,11 +213,55 @@ pub struct Rpo {
     pub archiver_failed_count: Option<i64>,
 }
 
+/// How the `delete` scenario aims its point-in-time recovery (`--pitr-by`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PitrBy {
+    /// `recovery_target_xid` = the `DELETE`'s transaction, exclusive: nothing before it is lost.
+    #[default]
+    Xid,
+    /// `recovery_target_time` = `clock_timestamp()` read just before the `DELETE`, exclusive:
+    /// commits between that instant and the `DELETE` are lost.
+    Time,
+    /// `recovery_target_lsn` = `pg_current_wal_insert_lsn()` read just before the `DELETE`,
+    /// exclusive: WAL written between that point and the `DELETE` is lost.
+    Lsn,
+}
+
+impl PitrBy {
+    /// The option's spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PitrBy::Xid => "xid",
+            PitrBy::Time => "time",
+            PitrBy::Lsn => "lsn",
+        }
+    }
+}
+
+impl std::str::FromStr for PitrBy {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "xid" => Ok(PitrBy::Xid),
+            "time" => Ok(PitrBy::Time),
+            "lsn" => Ok(PitrBy::Lsn),
+            _ => Err(format!(
+                "unknown recovery target kind {s:?} (time, xid, lsn)"
+            )),
+        }
+    }
+}
+
 /// What a point-in-time recovery (scenario `delete`) brought back.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct PitrOutcome {
-    /// The transaction id of the accidental `DELETE` (`recovery_target_xid`, exclusive).
+    /// The transaction id of the accidental `DELETE`.
     pub target_xid: u64,
+    /// The recovery target used, as configured (`recovery_target_xid = '…'`, exclusive);
+    /// empty in reports written before targets other than the xid existed.
+    #[serde(default)]
+    pub target: String,
     /// Seconds from the declared disaster to the `DELETE`'s commit (negative).
     pub delete_at_seconds: f64,
     /// Rows the `DELETE` removed.
@@ -229,6 +273,17 @@ pub struct PitrOutcome {
     pub writes_lost_before_delete: u64,
     /// Heartbeats acknowledged after the `DELETE` that the recovery to before it discards.
     pub writes_discarded_after_delete: u64,
+}
+
+impl PitrOutcome {
+    /// The recovery target in words.
+    pub fn target_label(&self) -> String {
+        if self.target.is_empty() {
+            format!("xid {}", self.target_xid)
+        } else {
+            self.target.clone()
+        }
+    }
 }
 
 /// A fallback from a damaged backup to an older one.
@@ -425,8 +480,8 @@ impl DrillReport {
         if let Some(p) = &self.pitr {
             let _ = writeln!(
                 s,
-                "  PITR to before xid {}: {}/{} deleted rows recovered; {} write(s) before the DELETE lost, {} after it discarded",
-                p.target_xid,
+                "  PITR to before {}: {}/{} deleted rows recovered; {} write(s) before the DELETE lost, {} after it discarded",
+                p.target_label(),
                 p.rows_recovered,
                 p.rows_deleted,
                 p.writes_lost_before_delete,
@@ -518,7 +573,8 @@ impl DrillReport {
         if let Some(p) = &self.pitr {
             let _ = writeln!(
                 s,
-                "## Point-in-time recovery\n\n* Target: before transaction {} (the DELETE, at {:.3} s)\n* Rows deleted: {}; recovered: {}\n* Writes lost between the target and the DELETE: {}\n* Writes after the DELETE discarded by the recovery: {}\n",
+                "## Point-in-time recovery\n\n* Target: before {} (the DELETE is transaction {}, at {:.3} s)\n* Rows deleted: {}; recovered: {}\n* Writes lost between the target and the DELETE: {}\n* Writes after the DELETE discarded by the recovery: {}\n",
+                p.target_label(),
                 p.target_xid,
                 p.delete_at_seconds,
                 p.rows_deleted,

@@ -17,7 +17,9 @@ use carta_dr_core::{
 };
 
 use super::history;
-use super::report::{Cadence, Check, DrillReport, Fallback, PitrOutcome, Rpo, Scenario, Stopwatch};
+use super::report::{
+    Cadence, Check, DrillReport, Fallback, PitrBy, PitrOutcome, Rpo, Scenario, Stopwatch,
+};
 use super::writer::{Ack, Writer, WriterLog, SCHEMA_SQL};
 use crate::local_cluster::{connect, redact, InitOptions, LocalCluster, PgInstall, ScratchArea};
 use crate::replication::{ConnParams, PgBackup, PgBackupConfig, Repo};
@@ -29,7 +31,14 @@ pub type StoreOpener = Arc<dyn Fn(&str) -> Result<Arc<dyn Store>> + Send + Sync>
 /// Settings the restored copy starts with, whatever the source server's configuration says:
 /// no archiving into the store it came from, no commands of the source run (end of recovery,
 /// archive cleanup), no replication from or waiting for the source's peers, no writing to the
-/// source's external pid file or log directory (the drill reads the server log on stderr).
+/// source's log directory (the drill reads the server log on stderr). The source's
+/// `external_pid_file` is redirected into the drill's directory where the server starts.
+///
+/// `recovery_init_sync_method = syncfs`: a restored data directory starts like a crashed
+/// one, and PostgreSQL first makes every file durable. The restore has already synced the
+/// data, but handing the files to the server's OS user dirtied every inode again, and one
+/// `fsync` per file then costs a journal commit each (seconds at pgbench scale 100); one
+/// `syncfs` per file system gives the same guarantee in one pass.
 const RESTORED_OVERRIDES: [(&str, &str); 9] = [
     ("archive_mode", "off"),
     ("recovery_end_command", ""),
@@ -37,9 +46,9 @@ const RESTORED_OVERRIDES: [(&str, &str); 9] = [
     ("primary_conninfo", ""),
     ("primary_slot_name", ""),
     ("synchronous_standby_names", ""),
-    ("external_pid_file", ""),
     ("logging_collector", "off"),
     ("log_destination", "stderr"),
+    ("recovery_init_sync_method", "syncfs"),
 ];
 
 /// Rows the drill writes to its own ledger table before the disaster.
@@ -91,6 +100,8 @@ pub struct RestoreDrillOptions {
     pub rpo_target: Duration,
     /// Heartbeats are written for about this long before the disaster.
     pub writes_for: Duration,
+    /// Scenario `delete`: the kind of recovery target aimed just before the `DELETE`.
+    pub pitr_by: PitrBy,
     /// Interval between heartbeats.
     pub heartbeat_interval: Duration,
     /// Keep the crashed primary's data directory (default: remove it, as a lost disk would).
@@ -135,6 +146,7 @@ impl RestoreDrillOptions {
             rpo_target: Duration::from_secs(300),
             writes_for: Duration::from_secs(3),
             heartbeat_interval: Duration::from_millis(100),
+            pitr_by: PitrBy::Xid,
             keep_primary_data: false,
             amcheck: true,
             work_parent: None,
@@ -416,10 +428,21 @@ pub async fn run(opts: &RestoreDrillOptions) -> Result<DrillOutcome> {
     .unwrap_or(30);
     let patience = opts.writes_for * 5 + Duration::from_secs(30);
     let mut delete: Option<(u64, u64, Instant, Instant)> = None;
+    let mut pitr_target: Option<(RecoveryTarget, String)> = None;
     if opts.scenario == Scenario::Delete {
         writer.wait_for(beats / 2, patience).await;
-        let issued = Instant::now();
         let mut tx_client = connect(&primary.conninfo).await?;
+        // The point to recover to, read just before the accident (time and LSN targets).
+        let before = tx_client
+            .query_one(
+                "SELECT clock_timestamp()::text, \
+                        extract(epoch FROM clock_timestamp())::bigint, \
+                        pg_current_wal_insert_lsn()::text",
+                &[],
+            )
+            .await
+            .map_err(|e| pg_err("reading the time and LSN before the DELETE", e))?;
+        let issued = Instant::now();
         let tx = tx_client
             .transaction()
             .await
@@ -445,7 +468,29 @@ pub async fn run(opts: &RestoreDrillOptions) -> Result<DrillOutcome> {
         commands.push(format!(
             "psql -c \"DELETE FROM carta_dr_drill.ledger WHERE drill = '{id}' AND id % 3 = 0\"  # xid {xid}"
         ));
-        delete = Some((u64::try_from(xid).unwrap_or(0), deleted, issued, committed));
+        let xid = u64::try_from(xid).unwrap_or(0);
+        pitr_target = Some(match opts.pitr_by {
+            PitrBy::Xid => (RecoveryTarget::Xid(xid), format!("xid {xid}")),
+            PitrBy::Time => {
+                let text: String = before.get(0);
+                let unix: i64 = before.get(1);
+                (
+                    RecoveryTarget::Time {
+                        text: text.clone(),
+                        unix: u64::try_from(unix).ok(),
+                    },
+                    format!("time {text}"),
+                )
+            }
+            PitrBy::Lsn => {
+                let text: String = before.get(2);
+                let lsn: Lsn = text
+                    .parse()
+                    .map_err(|_| Error::invalid("WAL position", text.clone(), "is not an LSN"))?;
+                (RecoveryTarget::Lsn(lsn), format!("LSN {lsn}"))
+            }
+        });
+        delete = Some((xid, deleted, issued, committed));
     }
     writer.wait_for(beats, patience).await;
 
@@ -575,8 +620,8 @@ pub async fn run(opts: &RestoreDrillOptions) -> Result<DrillOutcome> {
             sh_quote(&primary.repo_url)
         ),
     };
-    let target = match delete {
-        Some((xid, ..)) => RecoveryTarget::Xid(xid),
+    let target = match &pitr_target {
+        Some((t, _)) => t.clone(),
         None => RecoveryTarget::EndOfWal,
     };
     let mut ropts = RestoreOptions {
@@ -633,12 +678,20 @@ pub async fn run(opts: &RestoreDrillOptions) -> Result<DrillOutcome> {
         Err(e) => return Err(e),
     };
     commands.push(format!(
-        "carta-dr --repo {} restore --backup {used} --target-dir {}{}",
+        "carta-dr --repo {} restore --backup {used} --to {}{}",
         sh_quote(&primary.repo_url),
-        restored_dir.display(),
+        sh_quote(&restored_dir.display().to_string()),
         match &target {
-            RecoveryTarget::Xid(x) =>
-                format!(" --target-xid {x} --exclusive --target-action promote"),
+            RecoveryTarget::Xid(x) => format!(
+                " --target-xid {x} --set recovery_target_inclusive=off --target-action promote"
+            ),
+            RecoveryTarget::Time { text, .. } => format!(
+                " --target-time {} --set recovery_target_inclusive=off --target-action promote",
+                sh_quote(text)
+            ),
+            RecoveryTarget::Lsn(l) => format!(
+                " --target-lsn {l} --set recovery_target_inclusive=off --target-action promote"
+            ),
             _ => String::new(),
         }
     ));
@@ -660,6 +713,8 @@ pub async fn run(opts: &RestoreDrillOptions) -> Result<DrillOutcome> {
     for (k, v) in RESTORED_OVERRIDES {
         restored.set(k, v);
     }
+    let pid_file = area.path().join("restored.external.pid");
+    restored.set("external_pid_file", &pid_file.display().to_string());
     let log_from = restored.log_len();
     restored.launch()?;
     commands.push(format!(
@@ -944,6 +999,10 @@ pub async fn run(opts: &RestoreDrillOptions) -> Result<DrillOutcome> {
         let kept_before = u64::from(LEDGER_ROWS.unsigned_abs()) - deleted;
         PitrOutcome {
             target_xid: xid,
+            target: pitr_target
+                .as_ref()
+                .map(|(_, label)| label.clone())
+                .unwrap_or_default(),
             delete_at_seconds: sw.offset_ms(committed) as f64 / 1000.0,
             rows_deleted: deleted,
             rows_recovered: survivors.saturating_sub(kept_before).min(deleted),
