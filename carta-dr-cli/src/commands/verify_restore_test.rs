@@ -180,8 +180,13 @@ fn print(o: &RestoreTestOutcome, json: bool) {
 
 /// Called by `carta-dr backup` after a successful backup: records per-table row counts
 /// beside it (`backups/<id>/rowcounts.json`) for the restore test. A failure is a warning;
-/// the backup itself stands.
+/// the backup itself stands. `CARTA_DR_ROW_COUNTS=off` leaves them out (counting reads every
+/// table once).
 pub async fn after_backup(repo: &Repo, id: carta_dr_core::BackupId, conn: &ConnParams) {
+    if std::env::var("CARTA_DR_ROW_COUNTS").is_ok_and(|v| matches!(v.as_str(), "off" | "0")) {
+        tracing::info!(backup = %id, "row counts not recorded (CARTA_DR_ROW_COUNTS=off)");
+        return;
+    }
     match restore_test::rowcounts::record_row_counts(repo, id, conn).await {
         Ok(r) => tracing::info!(
             backup = %id,
