@@ -1,4 +1,7 @@
-//! The checks run on the started scratch cluster.
+//! The checks run on a started cluster: row counts against recorded ones, `pg_amcheck`, SQL
+//! assertions and the spot check of sampled rows. Each adds findings and a `checked` line to
+//! a [`VerifyReport`]; the restore drill and other callers can run them on any cluster they
+//! reach as a superuser over loopback.
 
 use std::collections::BTreeMap;
 
@@ -95,7 +98,7 @@ pub fn parse_assertions(text: &str) -> Vec<Assertion> {
 }
 
 /// The server's message of a query error (`tokio-postgres` prints only "db error").
-pub(crate) fn pg_msg(e: &tokio_postgres::Error) -> String {
+pub fn pg_msg(e: &tokio_postgres::Error) -> String {
     match e.as_db_error() {
         Some(d) => format!(
             "{}: {} (SQLSTATE {})",
@@ -109,8 +112,10 @@ pub(crate) fn pg_msg(e: &tokio_postgres::Error) -> String {
 
 /// How the checks reach the scratch server: loopback port and superuser.
 #[derive(Clone, Debug)]
-pub(crate) struct Scratch {
+pub struct Scratch {
+    /// Loopback TCP port.
     pub port: u16,
+    /// A superuser.
     pub user: String,
 }
 
@@ -120,7 +125,8 @@ fn conn_value(v: &str) -> String {
 }
 
 impl Scratch {
-    pub(crate) fn conninfo(&self, db: &str) -> String {
+    /// `host=127.0.0.1 port=P user='U' dbname='DB'`.
+    pub fn conninfo(&self, db: &str) -> String {
         format!(
             "host=127.0.0.1 port={} user={} dbname={}",
             self.port,
@@ -129,7 +135,8 @@ impl Scratch {
         )
     }
 
-    pub(crate) async fn connect(&self, db: &str) -> carta_dr_core::Result<tokio_postgres::Client> {
+    /// Connects to database `db` (the connection task is spawned).
+    pub async fn connect(&self, db: &str) -> carta_dr_core::Result<tokio_postgres::Client> {
         crate::local_cluster::connect(&self.conninfo(db)).await
     }
 }
@@ -143,7 +150,7 @@ fn table_loc(db: &str, schema: &str, table: &str) -> Location {
 }
 
 /// Compares per-table row counts; returns how exact the comparison was.
-pub(crate) async fn row_counts(
+pub async fn row_counts(
     cluster: &Scratch,
     expected: &[Expected],
     report: &mut VerifyReport,
@@ -250,7 +257,7 @@ pub(crate) async fn row_counts(
 }
 
 /// `pg_amcheck --all --install-missing --heapallindexed`: heap and btree checks.
-pub(crate) async fn amcheck(install: &PgInstall, target: &Scratch, report: &mut VerifyReport) {
+pub async fn amcheck(install: &PgInstall, target: &Scratch, report: &mut VerifyReport) {
     if !install.has("pg_amcheck") {
         report.push(
             Severity::Warning,
@@ -333,11 +340,7 @@ pub(crate) async fn amcheck(install: &PgInstall, target: &Scratch, report: &mut 
 
 /// Runs each assertion in a read-only transaction; it must return one row whose first
 /// column is `true`.
-pub(crate) async fn assertions(
-    cluster: &Scratch,
-    list: &[super::Assertion],
-    report: &mut VerifyReport,
-) {
+pub async fn assertions(cluster: &Scratch, list: &[super::Assertion], report: &mut VerifyReport) {
     let mut clients: BTreeMap<String, tokio_postgres::Client> = BTreeMap::new();
     let mut passed = 0usize;
     for a in list {
@@ -409,7 +412,7 @@ pub(crate) async fn assertions(
 /// Samples up to `n` rows of every user table, detoasts every column (the row as text), and for
 /// tables with a primary key re-reads each sampled row through the key's index (sequential
 /// and TID scans off) and compares it with the heap's.
-pub(crate) async fn spot_check(cluster: &Scratch, n: u32, report: &mut VerifyReport) {
+pub async fn spot_check(cluster: &Scratch, n: u32, report: &mut VerifyReport) {
     let dbs: Vec<String> = match cluster.connect("template1").await {
         Ok(c) => match c
             .query(

@@ -33,9 +33,9 @@
 //! **warning** naming them. So a clean backup is never reported bad, and on a quiet cluster the
 //! comparison is exact.
 
+pub mod checks;
 pub mod rowcounts;
 
-mod checks;
 mod pages;
 
 use std::path::PathBuf;
@@ -54,7 +54,7 @@ use crate::local_cluster::{InitOptions, LocalCluster, PgInstall, ScratchArea};
 use crate::replication::Repo;
 use crate::restore::{restore, BackupSelector, RecoveryTarget, RestoreOptions, TargetAction};
 
-pub use checks::{parse_assertions, Assertion};
+pub use checks::{parse_assertions, Assertion, Scratch};
 use rowcounts::{load_row_counts, Snapshot};
 
 /// What to restore.
@@ -163,8 +163,10 @@ pub enum RowCountMode {
 
 /// What the checks compare counts with, per database.
 #[derive(Clone, Debug)]
-pub(crate) struct Expected {
+pub struct Expected {
+    /// The database.
     pub database: String,
+    /// Recorded counts.
     pub tables: Vec<TableRows>,
     /// The snapshot the counts were taken in, when the restore may hold more (base backups).
     pub snapshot: Option<Snapshot>,
