@@ -26,6 +26,9 @@
 //! decoded on a pool of [`BackupVerifyOptions::threads`] threads, so the caller's runtime
 //! only waits.
 //!
+//! The report's `bytes` are the bytes verified: file content plus WAL segments (what
+//! `pg_verifybackup` reads for the same backup), whatever their compressed size in the store.
+//!
 //! Every finding has a [`Location`] (the object and envelope chunk, the file and byte
 //! offset, or the WAL segment and LSN) and a [`Severity`]; the verdict is clean only when
 //! everything was checked and found intact. What cannot be read for reasons other than
@@ -195,7 +198,6 @@ impl BackupVerifier {
                 return Ok(None);
             }
         };
-        report.bytes += sealed.len() as u64;
         let key = self.key.clone();
         let p = path.clone();
         let parsed = pool
@@ -519,14 +521,26 @@ impl BackupVerifier {
     ) -> Result<WalCheckSummary> {
         let key = self.key.clone();
         let store = self.store.clone();
+        // Fetch and decode ahead (in parallel on the pool) while the record check, which
+        // must see segments in order, runs on the previous one.
         let mut fetched = futures::stream::iter(names)
             .map(|seg| {
                 let store = store.clone();
+                let key = key.clone();
                 async move {
                     for name in [WalFileName::Segment(seg), WalFileName::Partial(seg)] {
                         let path = wal_path_of(&name).map_err(|e| (seg, e))?;
                         match store.get_bytes(&path).await {
-                            Ok(b) => return Ok((seg, Some((name, path, b)))),
+                            Ok(sealed) => {
+                                let p = path.clone();
+                                let raw = pool
+                                    .run(move || {
+                                        envelope::open(p.as_str(), &sealed, key.as_deref())
+                                    })
+                                    .await
+                                    .map_err(|e| (seg, e))?;
+                                return Ok((seg, Some((name, path, raw))));
+                            }
                             Err(e) if e.is_not_found() => continue,
                             Err(e) => return Err((seg, e)),
                         }
@@ -534,7 +548,7 @@ impl BackupVerifier {
                     Ok((seg, None))
                 }
             })
-            .buffered(4);
+            .buffered(3);
         let mut check = Some(WalRecordCheck::new(wal_opts));
         while let Some(item) = fetched.next().await {
             let (seg, found) = match item {
@@ -551,7 +565,7 @@ impl BackupVerifier {
                     break;
                 }
             };
-            let Some((name, path, sealed)) = found else {
+            let Some((name, path, raw)) = found else {
                 report.push(
                     Severity::Error,
                     Location::Wal {
@@ -562,23 +576,19 @@ impl BackupVerifier {
                 );
                 continue;
             };
-            report.bytes += sealed.len() as u64;
             let mut c = check
                 .take()
                 .ok_or_else(|| Error::invalid_input("WAL check lost"))?;
-            let key = key.clone();
             let (c, err) = pool
-                .run(move || {
-                    match envelope::open(path.as_str(), &sealed, key.as_deref()) {
-                        Ok(raw) => {
-                            c.segment(&name, &raw);
-                            (c, None)
-                        }
-                        Err(e) => {
-                            // Later segments are checked from their own start.
-                            c.segment(&name, &[]);
-                            (c, Some((path, e)))
-                        }
+                .run(move || match raw {
+                    Ok(raw) => {
+                        c.segment(&name, &raw);
+                        (c, None)
+                    }
+                    Err(e) => {
+                        // Later segments are checked from their own start.
+                        c.segment(&name, &[]);
+                        (c, Some((path, e)))
                     }
                 })
                 .await?;
@@ -588,7 +598,9 @@ impl BackupVerifier {
             }
         }
         let check = check.ok_or_else(|| Error::invalid_input("WAL check lost"))?;
-        Ok(check.finish())
+        let sum = check.finish();
+        report.bytes += sum.bytes;
+        Ok(sum)
     }
 
     /// Runs the verification.
@@ -688,7 +700,6 @@ impl BackupVerifier {
                 _ => 0,
             })
             .sum();
-        report.bytes += stored;
 
         let mut raw_total = 0u64;
         for l in &loaded {
@@ -709,7 +720,8 @@ impl BackupVerifier {
         ));
         report.checked.extend(wal_lines);
         report.findings.extend(wal_report.findings);
-        report.bytes += wal_report.bytes;
+        // Bytes verified: file content plus WAL, comparable with what pg_verifybackup reads.
+        report.bytes = raw_total + wal_report.bytes;
         report.duration = started.elapsed();
         Ok(report)
     }
