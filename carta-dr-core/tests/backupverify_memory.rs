@@ -314,3 +314,64 @@ fn real_pg15_manifests_parse_and_their_sha256_covers_them() {
     }
     eprintln!("{n} flips in real manifests, all rejected");
 }
+
+#[test]
+fn encrypted_repository() {
+    block_on(async {
+        let f = fixture(None).await;
+        let key = Arc::new(carta_dr_core::envelope::Key::from_bytes([9; 32]));
+        let opts = EnvelopeOptions::zstd(1).with_key(key.clone());
+        for p in f.store.list_paths(None).await.unwrap() {
+            let raw =
+                envelope::open(p.as_str(), &f.store.get_bytes(&p).await.unwrap(), None).unwrap();
+            let sealed = seal(&opts, &raw).unwrap();
+            f.store
+                .put(&p, Bytes::from(sealed), Default::default())
+                .await
+                .unwrap();
+        }
+        let run = |k: Option<Arc<carta_dr_core::envelope::Key>>| {
+            BackupVerifier::new(
+                f.store.clone(),
+                k,
+                BackupSelection::One(f.id),
+                BackupVerifyOptions {
+                    check_wal: false,
+                    ..Default::default()
+                },
+            )
+        };
+        let r = run(Some(key.clone())).verify().await.unwrap();
+        assert_eq!(r.verdict(), Verdict::Clean, "{:#?}", r.findings);
+
+        // One flipped bit in an encrypted chunk: authentication fails, object and file named.
+        let p = chunk_path(&sha(&f.big[..1 << 20])).unwrap();
+        let mut b = f.store.get_bytes(&p).await.unwrap().to_vec();
+        let n = b.len();
+        b[n / 2] ^= 1;
+        f.store
+            .put(&p, Bytes::from(b), Default::default())
+            .await
+            .unwrap();
+        let r = run(Some(key)).verify().await.unwrap();
+        assert_eq!(r.verdict(), Verdict::Corrupt);
+        assert!(r
+            .findings
+            .iter()
+            .any(|x| x.location.to_string().starts_with(p.as_str())));
+        assert!(r
+            .findings
+            .iter()
+            .any(|x| x.location.to_string().starts_with("base/1/1259")));
+
+        // The wrong key is refused on the record.
+        let other = Arc::new(carta_dr_core::envelope::Key::from_bytes([1; 32]));
+        let r = run(Some(other)).verify().await.unwrap();
+        assert_eq!(r.verdict(), Verdict::Corrupt);
+        assert!(
+            r.findings[0].what.contains("wrong key"),
+            "{:#?}",
+            r.findings
+        );
+    });
+}

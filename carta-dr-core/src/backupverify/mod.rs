@@ -603,7 +603,9 @@ impl BackupVerifier {
         Ok(sum)
     }
 
-    /// Runs the verification.
+    /// Runs the verification. Damage of any kind is reported in the returned report; the
+    /// error is [`Error::NotFound`] when the one selected backup is not in the catalog, and
+    /// other errors mean the verifier itself could not run (no thread could be started).
     pub async fn run(&self) -> Result<VerifyReport> {
         let started = Instant::now();
         let pool = Pool::new(self.opts.threads)?;
