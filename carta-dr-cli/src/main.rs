@@ -31,8 +31,8 @@
 //! 4. Document it in `docs/cli.md`.
 //!
 //! Start-up stays small because PostgreSQL starts one process per WAL segment: no work before
-//! the arguments are parsed, a current-thread tokio runtime, tracing only to stderr, the store
-//! opened lazily by the command that needs it.
+//! the arguments are parsed, a current-thread tokio runtime (only `backup` and `restore` run a
+//! worker per core), tracing only to stderr, the store opened lazily by the command that needs it.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -161,7 +161,15 @@ fn main() -> ExitCode {
     };
     init_tracing(cli.global.verbose);
     let name = cli.command.name();
-    let result = tokio::runtime::Builder::new_current_thread()
+    // Backup and restore hash, compress and write gigabytes: they get a worker per core so
+    // the socket, the checksums and the file writes overlap. Every other command (above all
+    // wal-push and wal-fetch, started once per segment) keeps the small current-thread runtime.
+    let mut builder = match cli.command {
+        Command::Backup(_) | Command::Restore(_) => tokio::runtime::Builder::new_multi_thread(),
+        Command::Drill(ref d) if d.wants_workers() => tokio::runtime::Builder::new_multi_thread(),
+        _ => tokio::runtime::Builder::new_current_thread(),
+    };
+    let result = builder
         .enable_all()
         .build()
         .map_err(|e| CliError::new(exit::ErrorClass::Internal, format!("starting runtime: {e}")))

@@ -2,8 +2,9 @@
 //! (server-side zstd) and pgBackRest (zstd, two processes).
 //!
 //! For each data set (pgbench at `--scale`, and an incompressible table of about the same
-//! size) it measures: full backup wall time, throughput, stored size and peak RSS; an
-//! incremental backup after 1% of the rows changed; and restore time.
+//! size) it measures: full backup wall time, throughput, stored size and peak RSS; restore
+//! time; an incremental backup after 1% of the rows changed. Every measurement runs three
+//! rounds with the tools interleaved (A, B, C, A, B, C, ...) and reports the median.
 //!
 //! ```text
 //! cargo build --release -p carta-dr-cli
@@ -110,6 +111,42 @@ fn sh(pg: &PgCluster, bin: &str, args: &[&str]) {
     );
 }
 
+/// Rounds per measurement: every tool runs once per round, interleaved, and the median is
+/// reported (the machine is shared, so a single run says little).
+const ROUNDS: usize = 3;
+
+/// The median of the runs' wall times, with the median peak RSS.
+fn median(runs: &[Run]) -> Run {
+    let mut s: Vec<f64> = runs.iter().map(|r| r.secs).collect();
+    s.sort_by(|a, b| a.total_cmp(b));
+    let mut m: Vec<u64> = runs.iter().map(|r| r.max_rss_kib).collect();
+    m.sort();
+    Run {
+        secs: s.get(s.len() / 2).copied().unwrap_or(0.0),
+        max_rss_kib: m.get(m.len() / 2).copied().unwrap_or(0),
+    }
+}
+
+fn row(d: &Dataset, tool: &str, runs: &[Run], db_size: u64, stored: Option<f64>) -> String {
+    let m = median(runs);
+    let all: Vec<String> = runs.iter().map(|r| format!("{:.1}", r.secs)).collect();
+    format!(
+        "| {} | {tool} | {:.1} ({}) | {:.0} | {} | {:.0} |",
+        d.name,
+        m.secs,
+        all.join(", "),
+        mb(db_size) / m.secs,
+        stored
+            .map(|s| format!("{s:.1}"))
+            .unwrap_or_else(|| "-".into()),
+        m.max_rss_kib as f64 / 1024.0
+    )
+}
+
+fn carta_stored(d: &Dataset) -> u64 {
+    du(&d.carta_repo.path().join("chunks")) + du(&d.carta_repo.path().join("bundles"))
+}
+
 fn bench(d: &Dataset, change_sql: &str) -> Vec<String> {
     eprintln!("benchmarking {}", d.name);
     // Set hint bits and freeze once, as on any cluster that has been running a while;
@@ -126,93 +163,7 @@ fn bench(d: &Dataset, change_sql: &str) -> Vec<String> {
         .unwrap_or(0);
     let conn = format!("host=127.0.0.1 port={} user=postgres", d.pg.port());
 
-    // carta-dr full backup.
-    let full = measure(
-        &mut carta(d, &["backup", "--pg", &conn, "--concurrency", "4"]),
-        "carta-dr backup",
-    );
-    let stored_full =
-        du(&d.carta_repo.path().join("chunks")) + du(&d.carta_repo.path().join("bundles"));
-    rows.push(format!(
-        "| {} | carta-dr full | {:.1} | {:.0} | {:.0} | {:.0} |",
-        d.name,
-        full.secs,
-        mb(db_size) / full.secs,
-        mb(stored_full),
-        full.max_rss_kib as f64 / 1024.0
-    ));
-
-    // 1% changed, then an incremental.
-    d.pg.psql("postgres", change_sql);
-    d.pg.psql("postgres", "checkpoint");
-    let incr = measure(
-        &mut carta(d, &["backup", "--pg", &conn, "--concurrency", "4"]),
-        "carta-dr incremental",
-    );
-    let stored_incr = du(&d.carta_repo.path().join("chunks"))
-        + du(&d.carta_repo.path().join("bundles"))
-        - stored_full;
-    rows.push(format!(
-        "| {} | carta-dr incremental (1% rows changed) | {:.1} | {:.0} | {:.1} | {:.0} |",
-        d.name,
-        incr.secs,
-        mb(db_size) / incr.secs,
-        mb(stored_incr),
-        incr.max_rss_kib as f64 / 1024.0
-    ));
-
-    // carta-dr restore.
-    let target = scratch_dir(&format!("{}-restore", d.name));
-    let dir = target.path().join("data");
-    let rest = measure(
-        &mut carta(
-            d,
-            &[
-                "restore",
-                "--to",
-                &dir.display().to_string(),
-                "--concurrency",
-                "4",
-            ],
-        ),
-        "carta-dr restore",
-    );
-    rows.push(format!(
-        "| {} | carta-dr restore | {:.1} | {:.0} | - | {:.0} |",
-        d.name,
-        rest.secs,
-        mb(db_size) / rest.secs,
-        rest.max_rss_kib as f64 / 1024.0
-    ));
-    drop(target);
-
-    // pg_basebackup, server-side zstd.
-    let pgb = scratch_dir(&format!("{}-pgbb", d.name));
-    let out = pgb.path().join("b");
-    let mut c = d.pg.command("pg_basebackup");
-    c.args([
-        "-Ft",
-        "-Z",
-        "server-zstd:workers=2",
-        "-X",
-        "none",
-        "-c",
-        "fast",
-        "-D",
-    ])
-    .arg(&out);
-    let r = measure(&mut c, "pg_basebackup");
-    rows.push(format!(
-        "| {} | pg_basebackup -Ft -Z server-zstd:workers=2 | {:.1} | {:.0} | {:.0} | {:.0} |",
-        d.name,
-        r.secs,
-        mb(db_size) / r.secs,
-        mb(du(&out)),
-        r.max_rss_kib as f64 / 1024.0
-    ));
-    drop(pgb);
-
-    // pgBackRest, zstd, two processes.
+    // pgBackRest's stanza.
     let pbr = scratch_dir(&format!("{}-pgbackrest", d.name));
     let conf = pbr.path().join("pgbackrest.conf");
     std::fs::write(
@@ -220,7 +171,7 @@ fn bench(d: &Dataset, change_sql: &str) -> Vec<String> {
         format!(
             "[global]\nrepo1-path={0}/repo\nlock-path={0}/lock\nlog-path={0}/log\nspool-path={0}/spool\n\
              log-level-console=warn\nlog-level-file=off\ncompress-type=zst\nprocess-max=2\n\
-             start-fast=y\narchive-check=n\n\n[bench]\npg1-path={1}\npg1-port={2}\npg1-socket-path={3}\npg1-user=postgres\n",
+             start-fast=y\narchive-check=n\nrepo1-retention-full=1\n\n[bench]\npg1-path={1}\npg1-port={2}\npg1-socket-path={3}\npg1-user=postgres\n",
             pbr.path().display(),
             d.pg.data_dir().display(),
             d.pg.port(),
@@ -242,39 +193,141 @@ fn bench(d: &Dataset, change_sql: &str) -> Vec<String> {
         c
     };
     measure(&mut pgbr(&["stanza-create"]), "pgbackrest stanza-create");
-    let r = measure(&mut pgbr(&["--type=full", "backup"]), "pgbackrest backup");
-    rows.push(format!(
-        "| {} | pgbackrest backup (zst, process-max=2) | {:.1} | {:.0} | {:.0} | {:.0} |",
-        d.name,
-        r.secs,
-        mb(db_size) / r.secs,
-        mb(du(&pbr.path().join("repo/backup"))),
-        r.max_rss_kib as f64 / 1024.0
+    let pbr_backups = pbr.path().join("repo/backup");
+
+    // Full backups, interleaved: carta-dr (from an empty repository each time: no chunk is
+    // found already stored), pg_basebackup, pgBackRest.
+    let (mut carta_full, mut pgb_full, mut pbr_full) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut carta_size, mut pgb_size, mut pbr_size) = (0, 0, 0);
+    for round in 0..ROUNDS {
+        eprintln!("  full backups, round {}", round + 1);
+        for sub in ["chunks", "bundles", "backups"] {
+            let _ = std::fs::remove_dir_all(d.carta_repo.path().join(sub));
+        }
+        carta_full.push(measure(
+            &mut carta(d, &["backup", "--pg", &conn]),
+            "carta-dr backup",
+        ));
+        carta_size = carta_stored(d);
+
+        let pgb = scratch_dir(&format!("{}-pgbb", d.name));
+        let out = pgb.path().join("b");
+        let mut c = d.pg.command("pg_basebackup");
+        c.args([
+            "-Ft",
+            "-Z",
+            "server-zstd:workers=2",
+            "-X",
+            "none",
+            "-c",
+            "fast",
+            "-D",
+        ])
+        .arg(&out);
+        pgb_full.push(measure(&mut c, "pg_basebackup"));
+        pgb_size = du(&out);
+        drop(pgb);
+
+        pbr_full.push(measure(
+            &mut pgbr(&["--type=full", "backup"]),
+            "pgbackrest backup",
+        ));
+    }
+    // pgBackRest's size: the newest full backup's directory alone.
+    if let Some(newest) = std::fs::read_dir(pbr_backups.join("bench"))
+        .ok()
+        .and_then(|rd| {
+            rd.flatten()
+                .map(|e| e.path())
+                .filter(|p| p.is_dir() && p.to_string_lossy().ends_with('F'))
+                .max()
+        })
+    {
+        pbr_size = du(&newest);
+    }
+    rows.push(row(
+        d,
+        "carta-dr full",
+        &carta_full,
+        db_size,
+        Some(mb(carta_size)),
     ));
-    let before = du(&pbr.path().join("repo/backup"));
-    d.pg.psql("postgres", change_sql);
-    d.pg.psql("postgres", "checkpoint");
-    let r = measure(&mut pgbr(&["--type=incr", "backup"]), "pgbackrest incr");
-    rows.push(format!(
-        "| {} | pgbackrest incr (1% rows changed) | {:.1} | {:.0} | {:.1} | {:.0} |",
-        d.name,
-        r.secs,
-        mb(db_size) / r.secs,
-        mb(du(&pbr.path().join("repo/backup")).saturating_sub(before)),
-        r.max_rss_kib as f64 / 1024.0
+    rows.push(row(
+        d,
+        "pg_basebackup -Ft -Z server-zstd:workers=2",
+        &pgb_full,
+        db_size,
+        Some(mb(pgb_size)),
     ));
-    let rdir = pbr.path().join("restore");
-    let r = measure(
-        &mut pgbr(&[&format!("--pg1-path={}", rdir.display()), "restore"]),
-        "pgbackrest restore",
-    );
-    rows.push(format!(
-        "| {} | pgbackrest restore | {:.1} | {:.0} | - | {:.0} |",
-        d.name,
-        r.secs,
-        mb(db_size) / r.secs,
-        r.max_rss_kib as f64 / 1024.0
+    rows.push(row(
+        d,
+        "pgbackrest backup (zst, process-max=2)",
+        &pbr_full,
+        db_size,
+        Some(mb(pbr_size)),
     ));
+
+    // Restores of the full backups, interleaved.
+    let (mut carta_rest, mut pbr_rest) = (Vec::new(), Vec::new());
+    for round in 0..ROUNDS {
+        eprintln!("  restores, round {}", round + 1);
+        let target = scratch_dir(&format!("{}-restore", d.name));
+        let dir = target.path().join("data");
+        carta_rest.push(measure(
+            &mut carta(d, &["restore", "--to", &dir.display().to_string()]),
+            "carta-dr restore",
+        ));
+        drop(target);
+        let target = scratch_dir(&format!("{}-pbr-restore", d.name));
+        let rdir = target.path().join("data");
+        pbr_rest.push(measure(
+            &mut pgbr(&[&format!("--pg1-path={}", rdir.display()), "restore"]),
+            "pgbackrest restore",
+        ));
+        drop(target);
+    }
+    rows.push(row(d, "carta-dr restore", &carta_rest, db_size, None));
+    rows.push(row(d, "pgbackrest restore", &pbr_rest, db_size, None));
+
+    // 1% changed, then an incremental of each, interleaved; each round changes another 1%.
+    let (mut carta_incr, mut pbr_incr) = (Vec::new(), Vec::new());
+    let (mut carta_isize, mut pbr_isize) = (Vec::new(), Vec::new());
+    for round in 0..ROUNDS {
+        eprintln!("  incrementals, round {}", round + 1);
+        d.pg.psql("postgres", change_sql);
+        d.pg.psql("postgres", "checkpoint");
+        let before = carta_stored(d);
+        carta_incr.push(measure(
+            &mut carta(d, &["backup", "--pg", &conn]),
+            "carta-dr incremental",
+        ));
+        carta_isize.push(carta_stored(d).saturating_sub(before));
+        let before = du(&pbr_backups);
+        pbr_incr.push(measure(
+            &mut pgbr(&["--type=incr", "backup"]),
+            "pgbackrest incr",
+        ));
+        pbr_isize.push(du(&pbr_backups).saturating_sub(before));
+    }
+    let mid = |v: &mut Vec<u64>| {
+        v.sort();
+        v.get(v.len() / 2).copied().unwrap_or(0)
+    };
+    rows.push(row(
+        d,
+        "carta-dr incremental (1% rows changed)",
+        &carta_incr,
+        db_size,
+        Some(mb(mid(&mut carta_isize))),
+    ));
+    rows.push(row(
+        d,
+        "pgbackrest incr (1% rows changed)",
+        &pbr_incr,
+        db_size,
+        Some(mb(mid(&mut pbr_isize))),
+    ));
+    drop(pbr);
     rows
 }
 
@@ -313,7 +366,7 @@ fn main() {
     );
     let bin = bin.canonicalize().expect("binary path");
     let mut rows = vec![
-        "| data | tool | seconds | MB/s (of database size) | stored MB | peak RSS MiB |"
+        "| data | tool | seconds, median (runs) | MB/s (of database size) | stored MB | peak RSS MiB |"
             .to_string(),
         "|---|---|---|---|---|---|".to_string(),
     ];

@@ -11,7 +11,8 @@ use std::time::Duration;
 use carta_dr_core::{BackupId, Lsn};
 use carta_dr_postgres::replication::Repo;
 use carta_dr_postgres::restore::{
-    restore, BackupSelector, RecoveryTarget, RestoreOptions, TargetAction,
+    restore_with_tablespaces, BackupSelector, RecoveryTarget, RestoreOptions, TablespaceRelocation,
+    TargetAction,
 };
 
 use crate::context::{Context, KeySource};
@@ -53,9 +54,13 @@ pub struct Args {
     /// Restore over an existing directory, rewriting only files whose checksum differs.
     #[arg(long)]
     pub delta: bool,
-    /// Files restored at once.
+    /// Chunks and bundles restored at once.
     #[arg(long, default_value_t = 4)]
     pub concurrency: usize,
+    /// Restore a tablespace elsewhere: `OLD=NEW`, OLD its OID or original directory, NEW an
+    /// absolute directory (repeatable). The pg_tblspc link and tablespace_map follow.
+    #[arg(long = "tablespace-map", value_name = "OLD=NEW")]
+    pub tablespace_map: Vec<String>,
     /// Extra `key=value` for postgresql.auto.conf (repeatable; e.g. port=5433).
     #[arg(long = "set", value_name = "KEY=VALUE")]
     pub settings: Vec<String>,
@@ -221,7 +226,13 @@ pub async fn run(ctx: &Context, a: Args) -> Result<(), CliError> {
         concurrency: a.concurrency.max(1),
     };
     let repo = Repo::new(ctx.store(STORE_PATIENCE)?, ctx.envelope_options()?);
-    let r = restore(&repo, &opts)
+    let relocate = a
+        .tablespace_map
+        .iter()
+        .map(|s| s.parse::<TablespaceRelocation>())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| CliError::new(ErrorClass::Usage, format!("--tablespace-map: {e}")))?;
+    let r = restore_with_tablespaces(&repo, &opts, &relocate)
         .await
         .map_err(|e| CliError::from(e).context(format!("restoring into {}", a.to.display())))?;
     println!(

@@ -16,8 +16,7 @@ use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
 use carta_dr_core::catalog::{
     bundle_path, chunk_path, time_to_secs, validate_relative_path, BackupRecord, ChunkRef, Content,
-    FileKind, FileRecord, TablespaceRecord, BUNDLE_FILE_MAX, BUNDLE_TARGET, CHUNK_SIZE,
-    FORMAT_VERSION,
+    FileKind, FileRecord, TablespaceRecord, BUNDLE_FILE_MAX, BUNDLE_TARGET, FORMAT_VERSION,
 };
 use carta_dr_core::manifest::parse_manifest;
 use carta_dr_core::traits::{BackupKind, BackupRequest, CatalogEntry};
@@ -35,6 +34,12 @@ use super::copy::CopyEvent;
 use super::repo::Repo;
 use super::stream::{BaseBackupOptions, BaseBackupStream, StreamItem};
 use super::tar::{EntryKind, TarEvent, TarReader};
+
+/// Bytes per chunk of a large file: 4 MiB. Every chunk is one object (a file, an fsync and a
+/// directory entry on a local store, a request on S3), and at 1 MiB creating them cost more
+/// than hashing and compressing them; a change still costs only the chunks it touches. The
+/// record names each chunk's length, so backups cut at other sizes restore the same way.
+pub const BACKUP_CHUNK_SIZE: usize = 4 << 20;
 
 /// Largest `backup_manifest` accepted (a manifest line is about 150 bytes per file).
 const MAX_MANIFEST: usize = 512 << 20;
@@ -329,21 +334,21 @@ impl Builder {
                             .ok_or_else(|| Error::invalid_input("tar state"))?;
                         if f.chunk.is_empty() {
                             f.chunk.reserve(
-                                CHUNK_SIZE.min(
+                                BACKUP_CHUNK_SIZE.min(
                                     usize::try_from(
                                         f.rec
                                             .size
                                             .saturating_sub(f.received)
                                             .saturating_add(rest.len() as u64),
                                     )
-                                    .unwrap_or(CHUNK_SIZE),
+                                    .unwrap_or(BACKUP_CHUNK_SIZE),
                                 ),
                             );
                         }
-                        let room = CHUNK_SIZE - f.chunk.len();
+                        let room = BACKUP_CHUNK_SIZE - f.chunk.len();
                         let take = room.min(rest.len());
                         f.chunk.extend_from_slice(&rest.split_to(take));
-                        if f.chunk.len() == CHUNK_SIZE {
+                        if f.chunk.len() == BACKUP_CHUNK_SIZE {
                             let data = f.chunk.split().freeze();
                             let job = self.spawn_chunk(data).await?;
                             if let Some(f) = self.open.as_mut() {
