@@ -33,6 +33,7 @@
 //!
 //! [formats §3.6]: https://www.postgresql.org/docs/15/wal-internals.html
 
+mod crc;
 mod verifier;
 
 pub use verifier::{verify_wal_dir, WalVerifier};
@@ -41,7 +42,8 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::envelope::{crc32c, crc32c_append};
+use self::crc::crc_records;
+use crate::envelope::crc32c_append;
 use crate::traits::{Finding, Location, Severity};
 use crate::wal::page::{
     pg_major_from_magic, PageHeader, XLOG_BLCKSZ, XLP_FIRST_IS_CONTRECORD,
@@ -230,6 +232,10 @@ pub struct WalRecordCheck {
     pending: Option<Pending>,
     last_tli: u32,
     stop: Option<Stop>,
+    /// Offsets and lengths of the records wholly on the page being read (reused).
+    batch: Vec<(u32, u32)>,
+    /// Their CRC-32Cs (reused).
+    crcs: Vec<u32>,
     last_segment: String,
     track: bool,
 }
@@ -250,6 +256,8 @@ impl WalRecordCheck {
             pending: None,
             last_tli: 0,
             stop: None,
+            batch: Vec::new(),
+            crcs: Vec::new(),
             last_segment: String::new(),
             track: false,
         }
@@ -508,7 +516,10 @@ impl WalRecordCheck {
                             fname,
                             pend.start,
                             &pend.head,
-                            pend.body_crc,
+                            crc32c_append(
+                                pend.body_crc,
+                                pend.head.get(..XL_CRC_OFFSET).unwrap_or(&[]),
+                            ),
                             end,
                             partial,
                         );
@@ -572,6 +583,15 @@ impl WalRecordCheck {
             if next.0 < page_lsn.0 + pos as u64 {
                 next = Lsn(maxalign(page_lsn.0 + pos as u64));
             }
+            // The records wholly on this page are collected with their headers checked
+            // (xl_prev chained to the record before, tentatively), then checksummed together
+            // and confirmed in LSN order: the first invalid record stops reading, exactly as
+            // when they are checked one at a time.
+            let mut batch = std::mem::take(&mut self.batch);
+            batch.clear();
+            let confirmed_prev = self.prev;
+            let mut bad_header: Option<(Lsn, String)> = None;
+            let mut new_pending = None;
             loop {
                 let off = (next.0 - page_lsn.0) as usize;
                 if off >= PAGE {
@@ -587,43 +607,29 @@ impl WalRecordCheck {
                 ]);
                 if tot < SIZE_OF_XLOG_RECORD as u32 {
                     let what = format!("invalid record length at {next}: wanted 24, got {tot}");
-                    self.record_stop(fname, next, what, partial);
-                    self.look_past_stop(fname, data, p + 1, seg_start, file_tli);
-                    return;
+                    bad_header = Some((next, what));
+                    break;
                 }
                 if tot > XLOG_RECORD_MAX_SIZE {
                     let what = format!("record length {tot} at {next} too long");
-                    self.record_stop(fname, next, what, partial);
-                    self.look_past_stop(fname, data, p + 1, seg_start, file_tli);
-                    return;
+                    bad_header = Some((next, what));
+                    break;
                 }
                 if avail >= SIZE_OF_XLOG_RECORD {
                     if let Err(what) = self.check_record_header(rest, next) {
-                        self.record_stop(fname, next, what, partial);
-                        self.look_past_stop(fname, data, p + 1, seg_start, file_tli);
-                        return;
+                        bad_header = Some((next, what));
+                        break;
                     }
                 }
                 if tot as usize <= avail {
-                    // The header was checked above (a record is at least 24 bytes).
-                    let head = rest
-                        .get(..SIZE_OF_XLOG_RECORD)
-                        .and_then(|h| <&[u8; SIZE_OF_XLOG_RECORD]>::try_from(h).ok())
-                        .unwrap_or(&[0; SIZE_OF_XLOG_RECORD]);
-                    let body = rest.get(SIZE_OF_XLOG_RECORD..tot as usize).unwrap_or(&[]);
-                    let end = Lsn(next.0 + u64::from(tot));
-                    match self.finish_record(fname, next, head, crc32c(body), end, partial) {
-                        Some(true) => {
-                            switched = true;
-                            break;
-                        }
-                        Some(false) => {}
-                        None => {
-                            self.look_past_stop(fname, data, p + 1, seg_start, file_tli);
-                            return;
-                        }
+                    batch.push((off as u32, tot));
+                    self.prev = Some(next);
+                    next = Lsn(maxalign(next.0 + u64::from(tot)));
+                    let is_switch = rest.get(17) == Some(&RM_XLOG_ID)
+                        && rest.get(16).is_some_and(|i| i & 0xF0 == XLOG_SWITCH);
+                    if is_switch {
+                        break;
                     }
-                    next = Lsn(maxalign(end.0));
                 } else {
                     let mut pend = Pending {
                         start: next,
@@ -635,9 +641,42 @@ impl WalRecordCheck {
                         start_segno: seg_start.0 / self.seg_size,
                     };
                     pend.feed(rest);
-                    self.pending = Some(pend);
+                    new_pending = Some(pend);
                     break;
                 }
+            }
+            let mut crcs = std::mem::take(&mut self.crcs);
+            crc_records(page, &batch, &mut crcs);
+            self.prev = confirmed_prev;
+            let mut stopped = false;
+            for (&(off, tot), &crc) in batch.iter().zip(crcs.iter()) {
+                let start = Lsn(page_lsn.0 + u64::from(off));
+                let head = page
+                    .get(off as usize..off as usize + SIZE_OF_XLOG_RECORD)
+                    .and_then(|h| <&[u8; SIZE_OF_XLOG_RECORD]>::try_from(h).ok())
+                    .unwrap_or(&[0; SIZE_OF_XLOG_RECORD]);
+                let end = Lsn(start.0 + u64::from(tot));
+                match self.finish_record(fname, start, head, crc, end, partial) {
+                    Some(sw) => switched |= sw,
+                    None => {
+                        stopped = true;
+                        break;
+                    }
+                }
+            }
+            self.batch = batch;
+            self.crcs = crcs;
+            if stopped {
+                self.look_past_stop(fname, data, p + 1, seg_start, file_tli);
+                return;
+            }
+            if let Some((lsn, what)) = bad_header {
+                self.record_stop(fname, lsn, what, partial);
+                self.look_past_stop(fname, data, p + 1, seg_start, file_tli);
+                return;
+            }
+            if new_pending.is_some() {
+                self.pending = new_pending;
             }
             if self.pending.is_none() && !switched {
                 // The next record may start on the next page, after its header.
@@ -650,22 +689,21 @@ impl WalRecordCheck {
         }
     }
 
-    /// Verifies a complete record whose header passed [`Self::check_record_header`]: the
-    /// CRC-32C from the body's (`body_crc`) and the header's, then bookkeeping. `Some(true)`
-    /// for an XLOG_SWITCH, `Some(false)` for any other valid record, `None` after recording a
-    /// stop.
+    /// Verifies a complete record whose header passed [`Self::check_record_header`], given
+    /// the CRC-32C of its bytes (body, then header up to `xl_crc`): the CRC, then
+    /// bookkeeping. `Some(true)` for an XLOG_SWITCH, `Some(false)` for any other valid
+    /// record, `None` after recording a stop.
     fn finish_record(
         &mut self,
         fname: &str,
         start: Lsn,
         head: &[u8; SIZE_OF_XLOG_RECORD],
-        body_crc: u32,
+        crc: u32,
         end: Lsn,
         partial: bool,
     ) -> Option<bool> {
         let [.., c0, c1, c2, c3] = *head;
         let stored = u32::from_le_bytes([c0, c1, c2, c3]);
-        let crc = crc32c_append(body_crc, head.get(..XL_CRC_OFFSET).unwrap_or(&[]));
         if crc != stored {
             let what = format!("incorrect resource manager data checksum in record at {start}");
             self.record_stop(fname, start, what, partial);
