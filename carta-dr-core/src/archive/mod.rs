@@ -322,6 +322,64 @@ impl StoreWalArchive {
         Ok((Bytes::from(data), stats.crc32c))
     }
 
+    /// CPU part of a fetch, into a file: opens the sealed object of `name` on up to the
+    /// archive's thread count, writing each verified chunk at its offset in `file` (opened
+    /// for reading and writing, empty), then checks a segment's first page against its name
+    /// as [`StoreWalArchive::open_verified`] does. Memory stays at one chunk per thread.
+    /// Returns the content's length and CRC-32C; on error the file's content is garbage and
+    /// must be discarded.
+    pub fn open_verified_into(
+        &self,
+        name: &WalFileName,
+        sealed: &[u8],
+        file: &std::fs::File,
+    ) -> Result<(u64, u32)> {
+        use std::os::unix::fs::FileExt;
+        let path = path_of(name)?;
+        let write_at = |offset: u64, buf: &[u8]| file.write_all_at(buf, offset);
+        let stats =
+            envelope::open_parallel_to(path.as_str(), sealed, self.key(), self.threads, &write_at)?;
+        if let WalFileName::Segment(s) | WalFileName::Partial(s) = name {
+            // `inspect_segment` reads the first page and the length: the first page is read
+            // back, and a lazily zeroed buffer (pages never touched cost nothing) of the
+            // content's length holds it.
+            let len = usize::try_from(stats.raw_len)
+                .map_err(|_| Error::corrupt(&path, None, "content too large for this platform"))?;
+            let mut probe = vec![0u8; len];
+            let head = len.min(crate::wal::XLOG_BLCKSZ as usize);
+            file.read_exact_at(&mut probe[..head], 0)
+                .map_err(|e| Error::io(format!("reading back the restored {name}"), e))?;
+            inspect_segment(s, matches!(name, WalFileName::Partial(_)), &probe).map_err(|e| {
+                Error::corrupt(&path, None, format!("stored content fails validation: {e}"))
+            })?;
+        }
+        Ok((stats.raw_len, stats.crc32c))
+    }
+
+    /// CPU part of a fetch, streamed: opens the sealed object of `name` chunk by chunk,
+    /// writing each verified chunk to `out`, with memory bounded to about one chunk. Returns
+    /// the content's statistics (length, CRC-32C) once the trailer verified; on error `out`
+    /// holds a prefix of the content and must be discarded. Unlike
+    /// [`StoreWalArchive::open_verified`] it does not check a segment's first page (the
+    /// caller does when it uses the content).
+    pub fn open_to_writer(
+        &self,
+        name: &WalFileName,
+        sealed: &[u8],
+        out: &mut dyn std::io::Write,
+    ) -> Result<envelope::SealStats> {
+        let path = path_of(name)?;
+        let mut dec = envelope::Decoder::new(path.as_str(), self.key());
+        for piece in sealed.chunks(1 << 20) {
+            dec.feed(piece);
+            while let Some(chunk) = dec.next_chunk()? {
+                out.write_all(chunk)
+                    .map_err(|e| Error::io(format!("writing the content of {name}"), e))?;
+            }
+        }
+        dec.finish()
+    }
+
     /// Records a file the disk safety valve dropped (create-only; a second record of the same
     /// file is kept as it was).
     pub async fn record_dropped(&self, rec: &DroppedWal) -> Result<()> {

@@ -250,15 +250,21 @@ struct Located<'a> {
     payload: &'a [u8],
 }
 
-/// Opens a whole sealed object like [`open`](super::open), verifying and decompressing its
-/// chunks on up to `threads` threads (the caller's included). Returns the content and the
-/// object's statistics (`crc32c` is the CRC-32C of the content).
-pub fn open_parallel(
-    path: &str,
-    sealed: &[u8],
-    key: Option<&Key>,
-    threads: usize,
-) -> Result<(Vec<u8>, SealStats)> {
+/// An object whose header, frame headers and trailer structure were checked, ready for its
+/// chunks to be decoded.
+struct Walked<'a> {
+    header_bytes: [u8; HEADER_LEN],
+    cipher: Option<ObjectCipher>,
+    chunk_size: usize,
+    chunks: Vec<Located<'a>>,
+    raw_total: u64,
+    trailer: &'a [u8],
+    tr: Trailer,
+}
+
+/// Checks the header and walks the frame headers and the trailer (cheap, sequential).
+/// `None`: the header does not announce a length the parallel path handles.
+fn walk<'a>(path: &str, sealed: &'a [u8], key: Option<&Key>) -> Result<Option<Walked<'a>>> {
     let mut core = DecoderCore::new(path.to_string(), key);
     if sealed.len() < HEADER_LEN {
         return Err(Error::corrupt(
@@ -274,15 +280,7 @@ pub fn open_parallel(
     core.header(sealed)?;
     let hdr = Header::parse(path, sealed)?;
     if hdr.raw_len == RAW_LEN_UNKNOWN || hdr.raw_len > PARALLEL_OPEN_MAX {
-        let data = super::decode::open_all(path, sealed, key)?;
-        let crc = super::crc::crc32c(&data);
-        let stats = SealStats {
-            raw_len: data.len() as u64,
-            stored_len: sealed.len() as u64,
-            chunks: data.len().div_ceil(hdr.chunk_size as usize) as u64,
-            crc32c: crc,
-        };
-        return Ok((data, stats));
+        return Ok(None);
     }
     let mut header_bytes = [0u8; HEADER_LEN];
     header_bytes.copy_from_slice(&sealed[..HEADER_LEN]);
@@ -292,8 +290,6 @@ pub fn open_parallel(
         _ => None,
     };
     let cs = hdr.chunk_size as usize;
-
-    // 1. Walk the frame headers (cheap, sequential): structure and lengths.
     let truncated = |pos: usize, chunks: u64| {
         Error::corrupt(
             path,
@@ -380,9 +376,8 @@ pub fn open_parallel(
         }
     };
     let n = chunks.len() as u64;
-
-    // 2. The trailer's structure before any decoding work.
-    let mut tr = Trailer::parse(path, header_crc, n, trailer)?;
+    // The trailer's structure before any decoding work.
+    let tr = Trailer::parse(path, header_crc, n, trailer)?;
     let structure = if tr.chunks != n {
         Some(format!(
             "trailer counts {} chunks but {n} were read (chunks missing or added)",
@@ -404,39 +399,28 @@ pub fn open_parallel(
     if let Some(what) = structure {
         return Err(Error::corrupt(path, None, what));
     }
+    Ok(Some(Walked {
+        header_bytes,
+        cipher,
+        chunk_size: cs,
+        chunks,
+        raw_total,
+        trailer,
+        tr,
+    }))
+}
 
-    // 3. Every chunk, in parallel, into its place in the output (all chunks but the last
-    //    are exactly `cs` bytes, as the walk checked).
-    let mut out = vec![0u8; raw_total as usize];
-    let jobs: Vec<(Located<'_>, &mut [u8])> = chunks.into_iter().zip(out.chunks_mut(cs)).collect();
-    let threads = threads.clamp(1, jobs.len().max(1));
-    let queue = Mutex::new(jobs.into_iter());
-    let work = || -> Result<Vec<(u64, u32)>> {
-        let mut dctx: Option<DCtx<'static>> = None;
-        let mut scratch = Vec::new();
-        let mut done = Vec::new();
-        loop {
-            let job = match queue.lock() {
-                Ok(mut q) => q.next(),
-                Err(_) => return Err(Error::invalid_input("an opening thread panicked")),
-            };
-            let Some((c, dst)) = job else {
-                return Ok(done);
-            };
-            let crc = open_chunk(
-                path,
-                &header_bytes,
-                cipher.as_ref(),
-                &mut dctx,
-                &mut scratch,
-                &c,
-                dst,
-            )?;
-            done.push((c.index, crc));
-        }
-    };
+/// Runs `work` on the calling thread and `threads - 1` scoped helpers; combines the chunk
+/// CRCs they report into the content's CRC-32C, or returns the error of the lowest chunk.
+fn run_workers(
+    threads: usize,
+    n: usize,
+    raw_total: u64,
+    cs: usize,
+    work: impl Fn() -> Result<Vec<(u64, u32)>> + Sync,
+) -> Result<u32> {
     let results: Vec<Result<Vec<(u64, u32)>>> = std::thread::scope(|s| {
-        let handles: Vec<_> = (1..threads).map(|_| s.spawn(work)).collect();
+        let handles: Vec<_> = (1..threads).map(|_| s.spawn(&work)).collect();
         let mut all = vec![work()];
         for h in handles {
             all.push(
@@ -446,7 +430,7 @@ pub fn open_parallel(
         }
         all
     });
-    let mut crcs = vec![None; n as usize];
+    let mut crcs = vec![None; n];
     let mut first_err: Option<(u64, Error)> = None;
     for r in results {
         match r {
@@ -481,12 +465,17 @@ pub fn open_parallel(
         raw_left -= len;
         content_crc = super::crc::crc32c_combine(content_crc, crc, len);
     }
+    Ok(content_crc)
+}
 
-    // 4. The trailer's authenticity and the whole-content checksum.
-    if let Some(c) = &cipher {
-        let aad = trailer_aad(&header_bytes, &tr);
+/// The trailer's authenticity and the whole-content checksum; the object's statistics.
+fn finish(path: &str, sealed: &[u8], w: Walked<'_>, content_crc: u32) -> Result<SealStats> {
+    let n = w.chunks.len() as u64;
+    let mut tr = w.tr;
+    if let Some(c) = &w.cipher {
+        let aad = trailer_aad(&w.header_bytes, &tr);
         let nonce = format::nonce(format::NONCE_TRAILER, n);
-        let tag = trailer.get(TRAILER_LEN_PLAIN..).unwrap_or(&[]);
+        let tag = w.trailer.get(TRAILER_LEN_PLAIN..).unwrap_or(&[]);
         if !c.open(&nonce, &aad, &mut tr.content_crc, tag) {
             return Err(Error::Crypto {
                 path: path.to_string(),
@@ -508,13 +497,122 @@ pub fn open_parallel(
             ),
         ));
     }
-    let stats = SealStats {
-        raw_len: raw_total,
+    Ok(SealStats {
+        raw_len: w.raw_total,
         stored_len: sealed.len() as u64,
         chunks: n,
         crc32c: content_crc,
+    })
+}
+
+/// Opens a whole sealed object like [`open`](super::open), verifying and decompressing its
+/// chunks on up to `threads` threads (the caller's included). Returns the content and the
+/// object's statistics (`crc32c` is the CRC-32C of the content).
+pub fn open_parallel(
+    path: &str,
+    sealed: &[u8],
+    key: Option<&Key>,
+    threads: usize,
+) -> Result<(Vec<u8>, SealStats)> {
+    let Some(w) = walk(path, sealed, key)? else {
+        let data = super::decode::open_all(path, sealed, key)?;
+        let cs = super::inspect(sealed)?.chunk_size.max(1);
+        let stats = SealStats {
+            raw_len: data.len() as u64,
+            stored_len: sealed.len() as u64,
+            chunks: data.len().div_ceil(cs) as u64,
+            crc32c: super::crc::crc32c(&data),
+        };
+        return Ok((data, stats));
     };
+    // Every chunk, in parallel, into its place in the output (all chunks but the last are
+    // exactly `chunk_size` bytes, as the walk checked).
+    let cs = w.chunk_size;
+    let n = w.chunks.len();
+    let mut out = vec![0u8; w.raw_total as usize];
+    let jobs: Vec<(&Located<'_>, &mut [u8])> = w.chunks.iter().zip(out.chunks_mut(cs)).collect();
+    let threads = threads.clamp(1, n.max(1));
+    let queue = Mutex::new(jobs.into_iter());
+    let (header_bytes, cipher) = (&w.header_bytes, w.cipher.as_ref());
+    let work = || -> Result<Vec<(u64, u32)>> {
+        let mut dctx: Option<DCtx<'static>> = None;
+        let mut scratch = Vec::new();
+        let mut done = Vec::new();
+        loop {
+            let job = match queue.lock() {
+                Ok(mut q) => q.next(),
+                Err(_) => return Err(Error::invalid_input("an opening thread panicked")),
+            };
+            let Some((c, dst)) = job else {
+                return Ok(done);
+            };
+            let crc = open_chunk(path, header_bytes, cipher, &mut dctx, &mut scratch, c, dst)?;
+            done.push((c.index, crc));
+        }
+    };
+    let content_crc = run_workers(threads, n, w.raw_total, cs, work)?;
+    let stats = finish(path, sealed, w, content_crc)?;
     Ok((out, stats))
+}
+
+/// Opens a whole sealed object like [`open_parallel`], handing each verified chunk to
+/// `write_at(offset, bytes)` instead of collecting the content: memory stays at one chunk
+/// per thread. Chunks arrive in any order; the content is good only if this returns `Ok`
+/// (the trailer and the whole-content checksum are verified last), so the caller writes to a
+/// place nobody reads before then (a temporary file).
+pub fn open_parallel_to(
+    path: &str,
+    sealed: &[u8],
+    key: Option<&Key>,
+    threads: usize,
+    write_at: &(dyn Fn(u64, &[u8]) -> std::io::Result<()> + Sync),
+) -> Result<SealStats> {
+    let io_err = |e| Error::io(format!("writing the content of {path}"), e);
+    let Some(w) = walk(path, sealed, key)? else {
+        // Sequentially, for objects without an announced length.
+        let mut dec = super::Decoder::new(path, key);
+        let mut offset = 0u64;
+        for piece in sealed.chunks(1 << 20) {
+            dec.feed(piece);
+            while let Some(chunk) = dec.next_chunk()? {
+                write_at(offset, chunk).map_err(io_err)?;
+                offset += chunk.len() as u64;
+            }
+        }
+        return dec.finish();
+    };
+    let cs = w.chunk_size;
+    let n = w.chunks.len();
+    let threads = threads.clamp(1, n.max(1));
+    let next = AtomicUsize::new(0);
+    let (header_bytes, cipher, chunks) = (&w.header_bytes, w.cipher.as_ref(), &w.chunks);
+    let work = || -> Result<Vec<(u64, u32)>> {
+        let mut dctx: Option<DCtx<'static>> = None;
+        let mut scratch = Vec::new();
+        let mut buf = Vec::new();
+        let mut done = Vec::new();
+        loop {
+            let i = next.fetch_add(1, Ordering::Relaxed);
+            let Some(c) = chunks.get(i) else {
+                return Ok(done);
+            };
+            let raw_len = c.frame.raw_len as usize;
+            buf.resize(raw_len, 0);
+            let crc = open_chunk(
+                path,
+                header_bytes,
+                cipher,
+                &mut dctx,
+                &mut scratch,
+                c,
+                &mut buf,
+            )?;
+            write_at(c.index * cs as u64, &buf).map_err(io_err)?;
+            done.push((c.index, crc));
+        }
+    };
+    let content_crc = run_workers(threads, n, w.raw_total, cs, work)?;
+    finish(path, sealed, w, content_crc)
 }
 
 /// Verifies one chunk and decodes it into `dst` (exactly its raw length); returns the CRC-32C
@@ -737,6 +835,61 @@ mod tests {
             longer.push(0);
             assert!(open_parallel("t", &longer, k, 2).is_err());
         }
+    }
+
+    /// `open_parallel_to` into a buffer.
+    fn open_to_vec(
+        sealed: &[u8],
+        key: Option<&Key>,
+        threads: usize,
+    ) -> Result<(Vec<u8>, SealStats)> {
+        let out = Mutex::new(Vec::new());
+        let write_at = |off: u64, b: &[u8]| {
+            let mut o = out.lock().unwrap();
+            let end = off as usize + b.len();
+            if o.len() < end {
+                o.resize(end, 0);
+            }
+            o[off as usize..end].copy_from_slice(b);
+            Ok(())
+        };
+        let stats = open_parallel_to("t", sealed, key, threads, &write_at)?;
+        Ok((out.into_inner().unwrap(), stats))
+    }
+
+    #[test]
+    fn streamed_opening_writes_the_content_and_detects_corruption() {
+        let key = Arc::new(Key::from_bytes([4; 32]));
+        let data = sample((5 << 20) + 77);
+        for opts in [
+            EnvelopeOptions::zstd(1),
+            EnvelopeOptions::uncompressed().with_chunk_size(1 << 16),
+            EnvelopeOptions::zstd(1).with_key(key.clone()),
+        ] {
+            let k = opts.key.as_deref();
+            let (sealed, seq_stats) = seal_with_stats(&opts, &data).unwrap();
+            for threads in [1, 2, 4] {
+                let (back, stats) = open_to_vec(&sealed, k, threads).unwrap();
+                assert!(back == data);
+                assert_eq!(stats, seq_stats);
+            }
+            let step = (sealed.len() / 61).max(1);
+            for p in (0..sealed.len()).step_by(step).chain([sealed.len() - 1]) {
+                let mut bad = sealed.clone();
+                bad[p] ^= 0x04;
+                assert!(open_to_vec(&bad, k, 2).is_err(), "flip at {p} accepted");
+            }
+            assert!(open_to_vec(&sealed[..sealed.len() - 3], k, 2).is_err());
+        }
+        // A stream (no length in the header) goes the sequential way, same checks.
+        let mut s = crate::envelope::Sealer::new(&EnvelopeOptions::zstd(1), Vec::new()).unwrap();
+        std::io::Write::write_all(&mut s, &data).unwrap();
+        let (streamed, _) = s.finish().unwrap();
+        assert!(open_to_vec(&streamed, None, 2).unwrap().0 == data);
+        assert!(open_parallel("t", &streamed, None, 2).unwrap().0 == data);
+        let mut bad = streamed.clone();
+        bad[streamed.len() / 2] ^= 1;
+        assert!(open_to_vec(&bad, None, 2).is_err());
     }
 
     #[test]
