@@ -25,6 +25,18 @@ pub enum DrillCommand {
     WalFetch(super::drill_wal_fetch::Args),
 }
 
+impl Args {
+    /// Whether the subcommand wants a worker per core: `drill restore` restores a base backup
+    /// in-process (decompression, checksums and file writes overlap) and `drill failover` runs
+    /// servers; `drill wal-fetch` (started once per WAL segment) stays small.
+    pub fn wants_workers(&self) -> bool {
+        matches!(
+            self.command,
+            DrillCommand::Restore(_) | DrillCommand::Failover(_)
+        )
+    }
+}
+
 /// Runs a drill subcommand.
 pub async fn run(ctx: &Context, args: Args) -> Result<(), CliError> {
     match args.command {
