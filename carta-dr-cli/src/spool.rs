@@ -7,11 +7,14 @@
 //! <spool>/dropped/<NAME>.json      a safety-valve drop record not yet copied to the store
 //! ```
 //!
-//! Every file is written durably (temporary name, fsync, rename, fsync of the directory),
-//! so a crash leaves either the old state or the new one. Markers are written only after the
-//! store confirmed the object durable; a marker is only ever trusted together with a
-//! matching CRC-32C of the file PostgreSQL hands over. Nothing here touches PostgreSQL's own
-//! `archive_status` files.
+//! Markers and drop records are written durably (temporary name, fsync, rename, fsync of the
+//! directory), so a crash leaves either the old state or the new one. Markers are written
+//! only after the store confirmed the object durable; a marker is only ever trusted together
+//! with a matching CRC-32C of the file PostgreSQL hands over. Prefetched files are a cache:
+//! written under a temporary name and renamed into place without fsync, and trusted only
+//! after their CRC-32C (in the name) and, for segments, their first page verify again, so a
+//! copy damaged by a crash is refetched, never handed to PostgreSQL. Nothing here touches
+//! PostgreSQL's own `archive_status` files.
 
 use std::fs;
 use std::io::Write;
@@ -60,6 +63,33 @@ pub fn write_atomic(path: &Path, data: &[u8]) -> Result<(), CliError> {
         let _ = fs::remove_file(&tmp);
     }
     result
+}
+
+/// A temporary name next to `path`, unique to this process.
+pub fn temp_beside(path: &Path) -> PathBuf {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let file_name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    dir.join(format!(".{file_name}.carta-dr-tmp.{}", std::process::id()))
+}
+
+/// Keeps the allocator from holding on to freed segment-sized buffers: blocks of 4 MiB and
+/// more are mapped and unmapped on their own (glibc otherwise raises this threshold after
+/// the first large free and keeps later 16 MiB buffers in its heaps), and at most two heaps
+/// serve the worker threads. Lowers the peak RSS of `wal-push` and `wal-fetch`.
+pub fn tune_allocator() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only adjusts glibc's allocator parameters; called before other threads
+    // allocate.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 4 << 20);
+        libc::mallopt(libc::M_ARENA_MAX, 2);
+    }
 }
 
 /// Fsyncs a directory so that a rename in it is durable.
@@ -159,11 +189,42 @@ impl Spool {
         None
     }
 
-    /// Stores a prefetched file durably.
+    /// Stores a prefetched file (not fsynced: see the module docs).
+    #[cfg(test)]
     pub fn put_fetched(&self, name: &WalFileName, crc: u32, data: &[u8]) -> Result<(), CliError> {
+        self.put_fetched_with(name, |f| {
+            f.write_all(data)
+                .map_err(|e| CliError::io("writing", Path::new("spool"), e))?;
+            Ok(crc)
+        })
+    }
+
+    /// Stores a prefetched file that `write` writes into an open temporary file, returning
+    /// the content's CRC-32C; it is renamed to its spool name only if `write` succeeds (not
+    /// fsynced: see the module docs).
+    pub fn put_fetched_with(
+        &self,
+        name: &WalFileName,
+        write: impl FnOnce(&mut fs::File) -> Result<u32, CliError>,
+    ) -> Result<(), CliError> {
         let dir = self.fetched_dir();
         ensure_dir(&dir)?;
-        write_atomic(&dir.join(format!("{name}.{crc:08X}")), data)
+        let tmp = temp_beside(&dir.join(name.to_string()));
+        let result = (|| {
+            let mut f = fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&tmp)
+                .map_err(|e| CliError::io("creating", &tmp, e))?;
+            let crc = write(&mut f)?;
+            drop(f);
+            let target = dir.join(format!("{name}.{crc:08X}"));
+            fs::rename(&tmp, &target).map_err(|e| CliError::io("renaming into place", &target, e))
+        })();
+        if result.is_err() {
+            let _ = fs::remove_file(&tmp);
+        }
+        result
     }
 
     /// The prefetched files: name, path, size.

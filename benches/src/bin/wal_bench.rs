@@ -138,6 +138,11 @@ fn mode_main(args: &[String]) {
     let started = Instant::now();
     for n in &names {
         let wal = format!("pg_wal/{n}");
+        if !push {
+            // PostgreSQL removes the destination before it runs restore_command
+            // (`RestoreArchivedFile` in xlogarchive.c), so every tool writes a new file.
+            let _ = std::fs::remove_file(data.join("pg_wal/RECOVERYXLOG"));
+        }
         let mut c = match mode {
             "push-carta" | "push-carta-lookahead" => {
                 let mut c = cmd_in(&data, &bin);

@@ -3,10 +3,15 @@
 //! 1. Serves the file from the spool if an earlier call prefetched it (re-verifying its
 //!    CRC-32C and, for segments, its first page), else fetches it from the store, verifying
 //!    every envelope checksum and the segment's first page.
-//! 2. Writes `dest` atomically: a temporary file in `dest`'s directory, fsync, rename, fsync
-//!    of the directory. `dest` is never written with unverified bytes, and never partially.
+//! 2. Writes `dest` atomically: a temporary file in `dest`'s directory renamed over `dest`
+//!    (a prefetched copy is renamed into place directly). `dest` is never written with
+//!    unverified bytes, and never partially. It is not fsynced: PostgreSQL moves every
+//!    restored file into `pg_wal` with `durable_rename`, which fsyncs it (see
+//!    [`restore_into`]).
 //! 3. Prefetch: fetches the next `wal.fetch_prefetch` segments of the same timeline into the
-//!    spool, `wal.fetch_concurrency` at a time, within `wal.spool_max_bytes`.
+//!    spool, `wal.fetch_concurrency` at a time, within `wal.spool_max_bytes`, each decoded
+//!    chunk by chunk straight into its spool file (memory stays at about one sealed object
+//!    per download).
 //!
 //! # Exit statuses
 //!
@@ -16,11 +21,11 @@
 //! | 1 | not in the archive | ends recovery or moves on (streaming, `pg_wal`, next timeline) |
 //! | 200 | any other failure: store unreachable after retries, corrupt or undecryptable object, bad destination, bad command line | aborts recovery (status > 125, see `exit.rs`) |
 
-use std::path::PathBuf;
+use std::io::Write;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use carta_dr_core::archive::StoreWalArchive;
 use carta_dr_core::wal::inspect_segment;
 use carta_dr_core::{WalFileName, WalSegmentName, WalSegmentSize};
@@ -29,7 +34,7 @@ use futures::stream::{self, StreamExt};
 use crate::context::Context;
 use crate::error::CliError;
 use crate::exit::ErrorClass;
-use crate::spool::{write_atomic, Spool, DEFAULT_SPOOL_NAME};
+use crate::spool::{temp_beside, tune_allocator, Spool, DEFAULT_SPOOL_NAME};
 
 /// How long one fetch keeps retrying a failing store before giving up.
 const STORE_PATIENCE: Duration = Duration::from_secs(30);
@@ -59,6 +64,7 @@ pub async fn run(ctx: &Context, args: Args) -> Result<(), CliError> {
 }
 
 async fn fetch(ctx: &Context, args: Args) -> Result<(), CliError> {
+    tune_allocator();
     let name: WalFileName = args.name.parse().map_err(|e| {
         CliError::new(
             ErrorClass::InvalidInput,
@@ -80,14 +86,14 @@ async fn fetch(ctx: &Context, args: Args) -> Result<(), CliError> {
     let repo = ctx.repo_url()?.to_string();
 
     let mut archive: Option<Arc<StoreWalArchive>> = None;
-    let data = match from_spool(&spool, &name) {
-        Some(d) => {
+    let seg_size = match serve_from_spool(&spool, &name, &dest) {
+        Some(size) => {
             tracing::info!(file = %name, "served from the prefetch spool");
-            d
+            size
         }
         None => {
             let a = ctx.wal_archive(STORE_PATIENCE)?;
-            let (d, _) = fetch_one(&a, name).await.map_err(|e| {
+            let sealed = a.fetch_sealed(&name).await.map_err(|e| {
                 let e = CliError::from(e);
                 if e.class == ErrorClass::NotFound {
                     CliError::new(
@@ -98,18 +104,17 @@ async fn fetch(ctx: &Context, args: Args) -> Result<(), CliError> {
                     e.context(format!("fetching {name} from {repo}"))
                 }
             })?;
+            let len = restore_into(&a, &name, &sealed, &dest)
+                .map_err(|e| e.context(format!("fetching {name} from {repo}")))?;
+            drop(sealed);
             archive = Some(a);
-            d
+            WalSegmentSize::new(len).unwrap_or_default()
         }
     };
-    write_atomic(&dest, &data).map_err(|e| e.with_class(ErrorClass::Io))?;
     tracing::info!(file = %name, dest = %dest.display(), "restored");
 
     let k = args.prefetch.unwrap_or(ctx.config.wal.fetch_prefetch);
     if let (WalFileName::Segment(seg), true) = (name, k > 0) {
-        let seg_size = inspect_segment(&seg, false, &data)
-            .map(|i| i.identity.wal_segment_size)
-            .unwrap_or_default();
         let archive = match archive {
             Some(a) => a,
             None => ctx.wal_archive(STORE_PATIENCE)?,
@@ -119,35 +124,133 @@ async fn fetch(ctx: &Context, args: Args) -> Result<(), CliError> {
     Ok(())
 }
 
-/// Fetches, verifies (on the blocking pool) and returns one file.
-async fn fetch_one(
+/// Fetches one file into the spool: the sealed object is decoded chunk by chunk (on the
+/// blocking pool) straight into a spool file, which gets its name only once every checksum
+/// passed.
+async fn prefetch_one(
     archive: &Arc<StoreWalArchive>,
+    spool: &Spool,
     name: WalFileName,
-) -> Result<(Bytes, u32), carta_dr_core::Error> {
+) -> Result<(), carta_dr_core::Error> {
     let sealed = archive.fetch_sealed(&name).await?;
     let a = archive.clone();
-    tokio::task::spawn_blocking(move || a.open_verified(&name, &sealed))
-        .await
-        .map_err(|e| carta_dr_core::Error::invalid_input(format!("opening {name}: {e}")))?
+    let spool = spool.clone();
+    tokio::task::spawn_blocking(move || {
+        spool
+            .put_fetched_with(&name, |f| {
+                let mut w = std::io::BufWriter::with_capacity(256 << 10, f);
+                let stats = a
+                    .open_to_writer(&name, &sealed, &mut w)
+                    .map_err(CliError::from)?;
+                w.flush()
+                    .map_err(|e| CliError::io("writing", spool.root(), e))?;
+                Ok(stats.crc32c)
+            })
+            .map_err(|e| carta_dr_core::Error::invalid_input(e.to_string()))
+    })
+    .await
+    .map_err(|e| carta_dr_core::Error::invalid_input(format!("prefetching {name}: {e}")))?
 }
 
-/// The prefetched copy of `name`, re-verified; it is removed from the spool either way.
-fn from_spool(spool: &Spool, name: &WalFileName) -> Option<Bytes> {
-    let (path, crc) = spool.fetched(name)?;
-    let data = std::fs::read(&path).ok();
-    let _ = std::fs::remove_file(&path);
-    let data = data?;
-    if crc32c::crc32c(&data) != crc {
-        tracing::warn!(file = %name, "prefetched copy fails its checksum; fetching again");
-        return None;
+/// Verifies and decodes the sealed object of `name` into a temporary file beside `dest`,
+/// chunk by chunk at their offsets, and renames it to `dest` once every check passed.
+/// Returns the content's length.
+///
+/// Neither the file nor the directory is fsynced: PostgreSQL makes the file durable itself.
+/// It moves every file `restore_command` restored into place with `durable_rename`
+/// (`KeepFileRestoredFromArchive` in `xlogarchive.c`), which fsyncs the file and the
+/// directory, and a restored file it has not moved yet is fetched again after a crash.
+///
+/// The work runs right here, on the runtime's thread and one helper per further core, since
+/// nothing else runs yet: a hand-off to the blocking pool would only add a thread wake-up,
+/// which costs milliseconds on a busy machine.
+fn restore_into(
+    archive: &StoreWalArchive,
+    name: &WalFileName,
+    sealed: &[u8],
+    dest: &Path,
+) -> Result<u64, CliError> {
+    let tmp = temp_beside(dest);
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(&tmp)
+        .map_err(|e| CliError::io("creating", &tmp, e).with_class(ErrorClass::Io))?;
+    let result = archive
+        .open_verified_into(name, sealed, &file)
+        .map_err(CliError::from)
+        .and_then(|(len, _)| {
+            drop(file);
+            std::fs::rename(&tmp, dest).map_err(|e| {
+                CliError::io("renaming into place", dest, e).with_class(ErrorClass::Io)
+            })?;
+            Ok(len)
+        });
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
     }
-    if let WalFileName::Segment(s) = name {
-        if let Err(e) = inspect_segment(s, false, &data) {
-            tracing::warn!(file = %name, error = %e, "prefetched copy fails validation; fetching again");
+    result
+}
+
+/// Serves `name` from the prefetch spool: the copy is re-verified (its CRC-32C, and for a
+/// segment its first page) and then renamed to `dest` (or written there, if the spool is
+/// on another file system). Returns the segment size, or `None` (fetch from the store) when
+/// there is no usable copy; a copy that fails is removed.
+fn serve_from_spool(spool: &Spool, name: &WalFileName, dest: &Path) -> Option<WalSegmentSize> {
+    let (path, crc) = spool.fetched(name)?;
+    let checked = check_spooled(name, &path, crc);
+    let len = match checked {
+        Ok(len) => len,
+        Err(why) => {
+            tracing::warn!(file = %name, error = %why, "prefetched copy unusable; fetching again");
+            let _ = std::fs::remove_file(&path);
             return None;
         }
+    };
+    // Only this program writes the spool, and only through temporary names renamed into
+    // place, so the file renamed is the file just verified.
+    if let Err(e) = std::fs::rename(&path, dest) {
+        tracing::warn!(file = %name, error = %e, "could not move the prefetched copy into place; fetching again");
+        return None;
     }
-    Some(Bytes::from(data))
+    Some(WalSegmentSize::new(len).unwrap_or_default())
+}
+
+/// Re-verifies a spooled copy of `name`: its CRC-32C (read in 1 MiB pieces) and, for a
+/// segment, its first page against the name. Returns its length.
+fn check_spooled(name: &WalFileName, path: &Path, crc: u32) -> Result<u64, String> {
+    use std::io::Read;
+    let mut f = std::fs::File::open(path).map_err(|e| e.to_string())?;
+    let mut buf = vec![0u8; 1 << 20];
+    let mut first_page = Vec::new();
+    let (mut got, mut len) = (0u32, 0u64);
+    loop {
+        let n = f.read(&mut buf).map_err(|e| e.to_string())?;
+        if n == 0 {
+            break;
+        }
+        if first_page.len() < 8192 {
+            let take = (8192 - first_page.len()).min(n);
+            first_page.extend_from_slice(&buf[..take]);
+        }
+        got = carta_dr_core::envelope::crc32c_append(got, &buf[..n]);
+        len += n as u64;
+    }
+    if got != crc {
+        return Err(format!(
+            "checksum mismatch: spooled as {crc:08x}, reads {got:08x}"
+        ));
+    }
+    if let WalFileName::Segment(s) = name {
+        // `inspect_segment` reads the first page and the length: a lazily zeroed buffer of
+        // the file's length (pages never touched cost nothing) holds the first page.
+        let mut probe = vec![0u8; usize::try_from(len).map_err(|e| e.to_string())?];
+        let head = first_page.len().min(probe.len());
+        probe[..head].copy_from_slice(&first_page[..head]);
+        inspect_segment(s, false, &probe).map_err(|e| e.to_string())?;
+    }
+    Ok(len)
 }
 
 async fn prefetch(
@@ -197,14 +300,8 @@ async fn prefetch(
     let results: Vec<bool> = stream::iter(wanted)
         .map(|seg| async move {
             let name = WalFileName::Segment(seg);
-            match fetch_one(archive, name).await {
-                Ok((data, crc)) => match spool.put_fetched(&name, crc, &data) {
-                    Ok(()) => true,
-                    Err(e) => {
-                        tracing::warn!(file = %name, error = %e, "could not spool prefetched file");
-                        false
-                    }
-                },
+            match prefetch_one(archive, spool, name).await {
+                Ok(()) => true,
                 Err(e) if e.is_not_found() => false,
                 Err(e) => {
                     // Recovery will ask for it and get the error then.

@@ -29,7 +29,7 @@ use futures::stream::{self, StreamExt};
 use crate::context::Context;
 use crate::error::CliError;
 use crate::exit::ErrorClass;
-use crate::spool::{PushedMarker, Spool, DEFAULT_SPOOL_NAME};
+use crate::spool::{tune_allocator, PushedMarker, Spool, DEFAULT_SPOOL_NAME};
 
 /// How long one push keeps retrying a failing store before giving up (PostgreSQL retries
 /// the command itself afterwards).
@@ -47,6 +47,7 @@ pub struct Args {
 
 /// Runs `wal-push`.
 pub async fn run(ctx: &Context, args: Args) -> Result<(), CliError> {
+    tune_allocator();
     let path = args.path;
     let name = wal_name_of(&path)?;
     let pg_wal = match path.parent() {
@@ -73,12 +74,11 @@ pub async fn run(ctx: &Context, args: Args) -> Result<(), CliError> {
         tracing::warn!(file = %name, "look-ahead marker does not match the file; pushing again");
     }
     let data = std::fs::read(&path).map_err(|e| CliError::io("reading", &path, e))?;
-    let crc = crc32c::crc32c(&data);
 
     let archive = ctx.wal_archive(STORE_PATIENCE)?;
     let size = data.len() as u64;
-    // The look-ahead runs alongside the requested file: with `push_concurrency` 2, one
-    // look-ahead upload overlaps the main one.
+    // The look-ahead runs alongside the requested file's upload: with `push_concurrency` 2,
+    // one look-ahead push at a time.
     let n = args.look_ahead.unwrap_or(ctx.config.wal.push_look_ahead);
     let ahead = async {
         if n > 0 {
@@ -86,7 +86,18 @@ pub async fn run(ctx: &Context, args: Args) -> Result<(), CliError> {
             look_ahead(&archive, &spool, &pg_wal, name, n, c, &repo).await;
         }
     };
-    let (main, ()) = tokio::join!(push_one(&archive, name, Bytes::from(data)), ahead);
+    // The requested file is sealed right here (on the runtime's thread and one helper per
+    // further core) before the look-ahead starts: a hand-off to the blocking pool would only
+    // add a thread wake-up, which costs milliseconds on a busy machine. Its upload then
+    // overlaps the look-ahead.
+    let prepared = match archive.cluster().await {
+        Ok(cluster) => archive.prepare(&name, &data, cluster.as_ref()),
+        Err(e) => Err(e),
+    };
+    let (main, ()) = match prepared {
+        Ok(p) => tokio::join!(archive.commit(p), ahead),
+        Err(e) => (Err(e), ()),
+    };
     match main {
         Ok(outcome) => {
             tracing::info!(file = %name, ?outcome, store = %archive.store(), "archived");
@@ -94,6 +105,8 @@ pub async fn run(ctx: &Context, args: Args) -> Result<(), CliError> {
         }
         Err(e) => {
             let err = CliError::from(e).context(format!("archiving {} to {repo}", path.display()));
+            let crc = carta_dr_core::envelope::crc32c(&data);
+            drop(data);
             return safety_valve(ctx, &archive, &spool, &pg_wal, name, size, crc, err).await;
         }
     }
@@ -114,7 +127,7 @@ fn crc_of_file(path: &Path) -> Result<(u32, u64), CliError> {
         if n == 0 {
             return Ok((crc, size));
         }
-        crc = crc32c::crc32c_append(crc, &buf[..n]);
+        crc = carta_dr_core::envelope::crc32c_append(crc, &buf[..n]);
         size += n as u64;
     }
 }
@@ -135,18 +148,20 @@ fn wal_name_of(path: &Path) -> Result<WalFileName, CliError> {
     })
 }
 
-/// Validates, seals (on the blocking pool) and stores one file.
+/// Validates, seals (on the blocking pool, chunks on every core) and stores one file;
+/// returns the outcome and the content's CRC-32C.
 pub async fn push_one(
     archive: &Arc<StoreWalArchive>,
     name: WalFileName,
     data: Bytes,
-) -> Result<PushOutcome, carta_dr_core::Error> {
+) -> Result<(PushOutcome, u32), carta_dr_core::Error> {
     let cluster = archive.cluster().await?;
     let a = archive.clone();
     let prepared = tokio::task::spawn_blocking(move || a.prepare(&name, &data, cluster.as_ref()))
         .await
         .map_err(|e| carta_dr_core::Error::invalid_input(format!("sealing {name}: {e}")))??;
-    archive.commit(prepared).await
+    let crc = prepared.crc32c;
+    Ok((archive.commit(prepared).await?, crc))
 }
 
 /// The files PostgreSQL marked ready, sorted, without `except`.
@@ -191,10 +206,9 @@ async fn look_ahead(
             let Ok(data) = std::fs::read(&file) else {
                 return false;
             };
-            let crc = crc32c::crc32c(&data);
             let size = data.len() as u64;
             match push_one(archive, name, Bytes::from(data)).await {
-                Ok(_) => {
+                Ok((_, crc)) => {
                     let m = PushedMarker {
                         crc32c: crc,
                         size,
