@@ -90,7 +90,7 @@ pub async fn run(ctx: &Context, args: Args) -> Result<(), CliError> {
 /// (`status/verify.json`, sealed), where `carta-dr monitor` exports it as the last
 /// verification's result and time. A failure to record is logged; it never changes the
 /// verification's own exit status.
-async fn record_status(ctx: &Context, report: &VerifyReport) {
+pub(crate) async fn record_status(ctx: &Context, report: &VerifyReport) {
     use carta_dr_postgres::monitor::records::{VerificationRecord, VERIFY_RECORD_PATH};
     let result = async {
         let record = VerificationRecord {

@@ -112,6 +112,7 @@ pub async fn run(
         }
     };
     print(&outcome, json);
+    super::verify::record_status(ctx, &outcome.report).await;
     match outcome.report.verdict() {
         Verdict::Clean => Ok(()),
         Verdict::Corrupt => Err(CliError::silent(ErrorClass::Corrupt)),
