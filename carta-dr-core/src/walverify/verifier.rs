@@ -54,12 +54,13 @@ pub fn verify_wal_dir(
     let chosen = select_segments(&names, timeline);
     let mut report = VerifyReport::new(dir.display().to_string());
     let mut check = WalRecordCheck::new(opts.clone());
-    // One buffer for every segment: no allocation or page faults per file.
+    // One chunk buffer for every segment, small enough for the pages to be checked while
+    // they are in the CPU cache.
     let mut buf = Vec::new();
     for name in &chosen {
         let path = dir.join(name.to_string());
-        match read_into(&path, &mut buf) {
-            Ok(()) => check.segment(name, &buf),
+        match read_segment(&mut check, name, &path, &mut buf) {
+            Ok(()) => {}
             Err(e) => {
                 report.push(
                     Severity::Warning,
@@ -97,16 +98,19 @@ pub fn verify_wal_dir(
     Ok((report, sum))
 }
 
-/// Reads the whole file at `path` into `buf` (replacing its content, reusing its capacity).
-fn read_into(path: &Path, buf: &mut Vec<u8>) -> std::io::Result<()> {
-    use std::io::Read;
+/// Bytes read at a time.
+const CHUNK: usize = 256 * 1024;
+
+/// Feeds the segment file at `path` to `check`, read in [`CHUNK`]s into `buf`.
+fn read_segment(
+    check: &mut WalRecordCheck,
+    name: &WalFileName,
+    path: &Path,
+    buf: &mut Vec<u8>,
+) -> std::io::Result<()> {
     let mut f = std::fs::File::open(path)?;
     let len = f.metadata()?.len();
-    buf.clear();
-    buf.reserve(usize::try_from(len).unwrap_or(0));
-    // A file that grew since `metadata` is read to its end all the same.
-    f.read_to_end(buf)?;
-    Ok(())
+    check.segment_read(name, len, &mut f, CHUNK, buf)
 }
 
 #[async_trait]
