@@ -117,7 +117,7 @@ struct OpenFile {
 /// Sealed bytes on their way to the store at once, in MiB: stores are slow to acknowledge
 /// (an fsync per object on a local store, a round trip on S3), so many small uploads overlap
 /// while the hashing and compression jobs, bounded by `concurrency`, keep the cores busy.
-const IO_BUDGET_MIB: u32 = 32;
+const IO_BUDGET_MIB: u32 = 16;
 
 /// What every job shares.
 struct Shared {
