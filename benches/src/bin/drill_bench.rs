@@ -176,6 +176,8 @@ fn sh(cmd: &str) {
 /// The floor's parts, in seconds: copy (cp -a + sync), replay (launch to redo done), start
 /// (redo done to an INSERT committed out of recovery).
 struct Floor {
+    /// `carta-dr restore` of the same backup on its own (not part of the floor).
+    restore: f64,
     copy: f64,
     par_copy: f64,
     replay: f64,
@@ -201,6 +203,8 @@ fn measure_floor(o: &Opts, d: &Drill, parent: &Path) -> Floor {
     let repo = format!("file://{}", d.area.join("store").display());
     let base = parent.join("floor-base");
     let copy = parent.join("floor-copy");
+    sh("sync");
+    let t = Instant::now();
     let out = carta(
         o,
         &repo,
@@ -212,6 +216,7 @@ fn measure_floor(o: &Opts, d: &Drill, parent: &Path) -> Floor {
             &base.display().to_string(),
         ],
     );
+    let restore_secs = t.elapsed().as_secs_f64();
     assert!(
         out.status.success(),
         "restore for the floor: {}",
@@ -342,6 +347,7 @@ fn measure_floor(o: &Opts, d: &Drill, parent: &Path) -> Floor {
     std::fs::remove_dir_all(&copy).ok();
     std::fs::remove_dir_all(&sock).ok();
     Floor {
+        restore: restore_secs,
         copy: copy_secs,
         par_copy: par_secs,
         replay,
@@ -436,8 +442,8 @@ fn main() {
         eprintln!("run {i}/{}: floor", o.runs);
         let f = measure_floor(&o, &d, &parent);
         eprintln!(
-            "  floor copy {:.2}s (parallel {:.2}s) replay {:.2}s start {:.2}s ({} bytes, {} segments)",
-            f.copy, f.par_copy, f.replay, f.start, f.bytes, f.segments
+            "  restore alone {:.2}s; floor copy {:.2}s (parallel {:.2}s) replay {:.2}s start {:.2}s ({} bytes, {} segments)",
+            f.restore, f.copy, f.par_copy, f.replay, f.start, f.bytes, f.segments
         );
         std::fs::remove_dir_all(&d.area).ok();
         drills.push(d);
@@ -542,6 +548,16 @@ fn main() {
             (d.rto - v) / (f.copy + f.replay + f.start)
         })
         .collect();
+    let restores: Vec<f64> = floors.iter().map(|f| f.restore).collect();
+    println!(
+        "\n`carta-dr restore` of the same backup alone (not part of the floor): {:.2} s median (runs {})",
+        median(restores.clone()),
+        restores
+            .iter()
+            .map(|v| format!("{v:.2}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
     println!(
         "\ndata: {} bytes restored by the drill, {} WAL segments fetched by it; floor copy {} bytes, {} segments",
         drills[0].restored_bytes, drills[0].wal_segments, floors[0].bytes, floors[0].segments

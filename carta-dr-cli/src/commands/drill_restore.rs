@@ -57,6 +57,11 @@ pub struct Args {
     /// Skip pg_amcheck on the restored server.
     #[arg(long)]
     pub no_amcheck: bool,
+    /// pg_amcheck checks every heap page (default: the pages not marked all-visible, that is
+    /// those the WAL replay wrote; the others are the backup's checksummed bytes, read again
+    /// by the row count).
+    #[arg(long, conflicts_with = "no_amcheck")]
+    pub amcheck_full: bool,
     /// PostgreSQL bin directory (default: pg_config --bindir, else /usr/lib/postgresql/15/bin).
     #[arg(long, value_name = "DIR")]
     pub pg_bin: Option<PathBuf>,
@@ -172,6 +177,7 @@ pub async fn run(ctx: &Context, args: Args) -> Result<(), CliError> {
     opts.writes_for = args.writes_for;
     opts.keep_primary_data = args.keep_primary_data;
     opts.amcheck = !args.no_amcheck;
+    opts.amcheck_full = args.amcheck_full;
     opts.work_parent = args.work_dir.clone();
     opts.keep_restored = args.keep_work_dir;
 
