@@ -33,19 +33,43 @@ use std::time::{Duration, Instant};
 
 use carta_dr_testkit::{as_test_user, scratch_dir, test_user, PgCluster};
 
-/// Runs `cmd` to completion and returns its wall time; panics with its stderr on failure
-/// unless `ok_stderr` accepts the stderr of a failed run.
-fn timed(cmd: &mut Command, what: &str, ok_stderr: Option<&dyn Fn(&str) -> bool>) -> f64 {
-    cmd.stdout(Stdio::null()).stderr(Stdio::piped());
+/// Runs `cmd` to completion and returns its wall time and CPU time (user + system, from
+/// `wait4`); panics with its stderr on failure unless `ok_stderr` accepts the stderr of a
+/// failed run.
+fn timed(cmd: &mut Command, what: &str, ok_stderr: Option<&dyn Fn(&str) -> bool>) -> (f64, f64) {
+    let errf = tempfile_path(what);
+    let errfile = std::fs::File::create(&errf).expect("stderr file");
+    cmd.stdout(Stdio::null()).stderr(errfile);
     let start = Instant::now();
-    let out = cmd
-        .output()
+    let child = cmd
+        .spawn()
         .unwrap_or_else(|e| panic!("{what}: cannot start: {e}"));
+    let pid = child.id() as libc::pid_t;
+    let mut status = 0;
+    // SAFETY: zeroed rusage is a valid value; wait4 fills it.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: pid is our child, pointers are valid for the call.
+    let r = unsafe { libc::wait4(pid, &mut status, 0, &mut ru) };
     let secs = start.elapsed().as_secs_f64();
-    let err = String::from_utf8_lossy(&out.stderr);
-    let ok = out.status.success() || ok_stderr.is_some_and(|f| f(&err));
-    assert!(ok, "{what} failed ({}): {err}", out.status);
-    secs
+    std::mem::forget(child);
+    assert!(r == pid, "{what}: wait4 failed");
+    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    let cpu = tv(ru.ru_utime) + tv(ru.ru_stime);
+    let err = std::fs::read_to_string(&errf).unwrap_or_default();
+    let _ = std::fs::remove_file(&errf);
+    let success = libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0;
+    let ok = success || ok_stderr.is_some_and(|f| f(&err));
+    assert!(ok, "{what} failed (status {status}): {err}");
+    (secs, cpu)
+}
+
+/// A file for a command's stderr.
+fn tempfile_path(what: &str) -> PathBuf {
+    let name: String = what
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+        .collect();
+    std::env::temp_dir().join(format!("verify-bench-{}-{name}.err", std::process::id()))
 }
 
 fn output(cmd: &mut Command, what: &str) -> String {
@@ -122,6 +146,7 @@ struct Tool {
     cmd: Box<dyn Fn() -> Command>,
     ok_stderr: Option<StderrOk>,
     secs: Vec<f64>,
+    cpu: Vec<f64>,
 }
 
 fn main() {
@@ -337,6 +362,7 @@ fn main() {
             }),
             ok_stderr: None,
             secs: Vec::new(),
+            cpu: Vec::new(),
         });
     }
     {
@@ -349,6 +375,7 @@ fn main() {
             cmd: Box::new(move || pgbr(&["verify"])),
             ok_stderr: None,
             secs: Vec::new(),
+            cpu: Vec::new(),
         });
     }
     {
@@ -362,6 +389,7 @@ fn main() {
             cmd: Box::new(move || carta(&["verify", &id])),
             ok_stderr: None,
             secs: Vec::new(),
+            cpu: Vec::new(),
         });
     }
     {
@@ -374,6 +402,7 @@ fn main() {
             cmd: Box::new(move || carta(&["verify", "--wal"])),
             ok_stderr: None,
             secs: Vec::new(),
+            cpu: Vec::new(),
         });
     }
     {
@@ -387,6 +416,7 @@ fn main() {
             cmd: Box::new(move || carta(&["verify", "--wal", "--wal-dir", &dir])),
             ok_stderr: None,
             secs: Vec::new(),
+            cpu: Vec::new(),
         });
     }
     {
@@ -409,14 +439,22 @@ fn main() {
                 e.lines().count() == 1 && e.contains("error in WAL record")
             })),
             secs: Vec::new(),
+            cpu: Vec::new(),
         });
     }
 
     for round in 0..runs {
         for t in tools.iter_mut() {
-            let s = timed(&mut (t.cmd)(), t.name, t.ok_stderr.as_deref());
-            eprintln!("round {}: {} {:.2} s", round + 1, t.name, s);
+            let (s, c) = timed(&mut (t.cmd)(), t.name, t.ok_stderr.as_deref());
+            eprintln!(
+                "round {}: {} {:.2} s (CPU {:.2} s)",
+                round + 1,
+                t.name,
+                s,
+                c
+            );
             t.secs.push(s);
+            t.cpu.push(c);
         }
     }
 
@@ -428,13 +466,15 @@ fn main() {
             segs.len()
         ),
         String::new(),
-        "| tool | checks | median s | MB/s | of | runs (s) |".to_string(),
-        "|---|---|---|---|---|---|".to_string(),
+        "| tool | checks | median s | MB/s | of | runs (s) | median CPU s | MB per CPU s |"
+            .to_string(),
+        "|---|---|---|---|---|---|---|---|".to_string(),
     ];
     for t in &tools {
         let m = median(&t.secs);
+        let c = median(&t.cpu);
         out.push(format!(
-            "| {} | {} | {:.2} | {:.0} | {} | {} |",
+            "| {} | {} | {:.2} | {:.0} | {} | {} | {:.2} | {:.0} |",
             t.name,
             t.scope,
             m,
@@ -444,14 +484,16 @@ fn main() {
                 .iter()
                 .map(|s| format!("{s:.2}"))
                 .collect::<Vec<_>>()
-                .join(", ")
+                .join(", "),
+            c,
+            t.bytes as f64 / 1e6 / c
         ));
     }
-    let m = |name: &str| {
+    let m = |name: &str, cpu: bool| {
         tools
             .iter()
             .find(|t| t.name == name)
-            .map(|t| median(&t.secs))
+            .map(|t| median(if cpu { &t.cpu } else { &t.secs }))
             .unwrap_or(f64::NAN)
     };
     out.push(String::new());
@@ -461,7 +503,11 @@ fn main() {
         ("carta-dr verify --wal --wal-dir", "pg_waldump -q"),
         ("carta-dr verify --wal", "pg_waldump -q"),
     ] {
-        out.push(format!("{a} vs {b}: {:.2}x as fast", m(b) / m(a)));
+        out.push(format!(
+            "{a} vs {b}: {:.2}x as fast (wall), {:.2}x less CPU",
+            m(b, false) / m(a, false),
+            m(b, true) / m(a, true)
+        ));
     }
     println!("{}", out.join("\n"));
     drop(pg);
