@@ -32,8 +32,10 @@ use crate::{BackupId, Error, Lsn, Result, StorePath, TimelineId};
 
 /// Version of the record format.
 pub const FORMAT_VERSION: u32 = 1;
-/// Size of the chunks large files are cut into.
-pub const CHUNK_SIZE: usize = 1 << 20;
+/// Size of the chunks large files are cut into (4 MiB). Each [`ChunkRef`] records its own
+/// length, so records written with other chunk sizes (earlier records used 1 MiB) still restore; they
+/// only do not share chunks with newer backups.
+pub const CHUNK_SIZE: usize = 4 << 20;
 /// Files up to this size are bundled.
 pub const BUNDLE_FILE_MAX: u64 = 128 << 10;
 /// A bundle is closed once it holds this many bytes.

@@ -39,7 +39,7 @@ use super::tar::{EntryKind, TarEvent, TarReader};
 /// directory entry on a local store, a request on S3), and at 1 MiB creating them cost more
 /// than hashing and compressing them; a change still costs only the chunks it touches. The
 /// record names each chunk's length, so backups cut at other sizes restore the same way.
-pub const BACKUP_CHUNK_SIZE: usize = 4 << 20;
+pub const BACKUP_CHUNK_SIZE: usize = carta_dr_core::catalog::CHUNK_SIZE;
 
 /// Largest `backup_manifest` accepted (a manifest line is about 150 bytes per file).
 const MAX_MANIFEST: usize = 512 << 20;
