@@ -130,6 +130,20 @@ fn backup_expire_keeps_the_claimed_window_restorable() {
     ]);
     let out: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(out["expired"], serde_json::json!([b1["id"]]));
+    // Everything under the expired backup's prefix goes with it (the record and the restore
+    // test's row counts); the retained backups keep theirs.
+    let backups = env.repo_dir.as_ref().unwrap().path().join("backups");
+    let b1_dir = backups.join(b1["id"].as_str().unwrap());
+    assert_eq!(
+        count_files(&b1_dir),
+        0,
+        "{} still holds objects",
+        b1_dir.display()
+    );
+    assert!(backups
+        .join(b2["id"].as_str().unwrap())
+        .join("rowcounts.json")
+        .is_file());
     assert!(
         !out["wal_removed"].as_array().unwrap().is_empty(),
         "WAL before the oldest retained backup stays"

@@ -13,10 +13,12 @@ use std::collections::HashSet;
 use std::time::{Duration, SystemTime};
 
 use carta_dr_core::catalog::{
-    expirable_wal, plan_expiry, record_path, BackupSummary, RetentionPolicy, BUNDLES_PREFIX,
-    CHUNKS_PREFIX,
+    expirable_wal, plan_expiry, record_path, BackupSummary, RetentionPolicy, BACKUPS_PREFIX,
+    BUNDLES_PREFIX, CHUNKS_PREFIX,
 };
-use carta_dr_core::{BackupId, Result, StorePath, WalArchive, WalFileName, WalSegmentSize};
+use carta_dr_core::{
+    BackupId, Result, StoreExt, StorePath, WalArchive, WalFileName, WalSegmentSize,
+};
 
 use super::repo::Repo;
 
@@ -77,7 +79,13 @@ pub async fn expire(
     for id in &plan.expire {
         tracing::info!(backup = %id, dry_run = opts.dry_run, "expiring backup");
         if !opts.dry_run {
+            // The record first, so the backup leaves the catalog before anything it names
+            // goes; then whatever else lives under its prefix (the restore test's row counts).
             store.delete(&record_path(*id)?).await?;
+            let prefix = StorePath::new(format!("{BACKUPS_PREFIX}/{id}"))?;
+            for path in store.list_paths(Some(&prefix)).await? {
+                store.delete(&path).await?;
+            }
         }
     }
 
