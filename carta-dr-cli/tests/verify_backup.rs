@@ -1,7 +1,8 @@
 //! `carta-dr verify ID` and `verify --all` on base backups of a real PostgreSQL 15 in a local
 //! repository: a clean backup exits 0, a flipped bit in a stored chunk exits 5 naming the
 //! object and the file, a missing WAL segment exits 5 naming the segment, an unreachable store
-//! exits 4, an unknown ID 1, a malformed one 2.
+//! exits 4, an unknown ID 1, a malformed one 2; `verify --wal` over the repository's archive
+//! exits 0 when clean and 5 naming a stored segment with a flipped bit.
 
 mod backup_support;
 
@@ -121,7 +122,21 @@ fn verify_backup_exit_statuses_and_locations() {
     let t = text(&out);
     assert_eq!(out.status.code(), Some(5), "missing WAL: {t}");
     assert!(t.contains(&seg.to_string()) && t.contains("missing"), "{t}");
-    std::fs::write(&wal, saved).unwrap();
+    std::fs::write(&wal, &saved).unwrap();
+
+    // The repository's WAL archive, record by record (`verify --wal`): clean, then one bit
+    // flipped in the middle of that stored segment is reported with its name.
+    let ok = env.try_carta(&["verify", "--wal"]);
+    assert_eq!(ok.status.code(), Some(0), "clean archive: {}", text(&ok));
+    let mut bad = saved.clone();
+    let at = bad.len() / 2;
+    bad[at] ^= 0x10;
+    std::fs::write(&wal, &bad).unwrap();
+    let out = env.try_carta(&["verify", "--wal"]);
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(5), "corrupt archived segment: {t}");
+    assert!(t.contains(&seg.to_string()), "names the segment: {t}");
+    std::fs::write(&wal, &saved).unwrap();
 
     // The outcome is recorded for the monitor.
     assert!(repo.join("status/verify.json").is_file());
