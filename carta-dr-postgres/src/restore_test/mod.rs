@@ -7,14 +7,18 @@
 //!
 //! | phase | base backup | dump |
 //! |---|---|---|
-//! | `restore` | the files, every chunk's SHA-256 and file's CRC-32C checked | `pg_restore` into a fresh `initdb --data-checksums` cluster |
-//! | `page_checksums` | every page of every relation file against PostgreSQL's checksum ([`carta_dr_core::pagecheck`]), before the server starts | — |
+//! | `restore` | the files, every chunk's SHA-256 and file's CRC-32C checked; every tablespace relocated to `<scratch>/tablespaces/<oid>` | `pg_restore` into a fresh `initdb --data-checksums` cluster |
+//! | `page_checksums` | every page of every relation file (tablespaces included) against PostgreSQL's checksum ([`carta_dr_core::pagecheck`]), before the server starts | — |
 //! | `start` | recovery to the row counts' point (else the backup's consistent point), promotion | `initdb` and start |
 //! | `row_counts` | per-table counts against those recorded after the backup | against the dump record's counts |
 //! | `pg_amcheck` | heap and btree checks of every database, `--heapallindexed` | same |
 //! | `assertions` | user SQL that must return true | same |
 //! | `spot_check` | sampled rows detoasted, and re-read through the primary key | same |
-//! | `teardown` | server stopped, directory removed (also on error and when the future is dropped) | same |
+//! | `teardown` | server stopped, directory removed, relocated tablespaces with it (also on error and when the future is dropped) | same |
+//!
+//! The tablespace locations a backup records are never written: they may belong to the
+//! source cluster running on this machine. The restore writes each tablespace under the
+//! scratch directory and points `pg_tblspc/<oid>` and `tablespace_map` there.
 //!
 //! ## Exact row counts after a base backup
 //!
@@ -38,6 +42,8 @@ pub mod rowcounts;
 
 mod pages;
 
+use std::collections::BTreeMap;
+use std::os::unix::fs::DirBuilderExt;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -52,7 +58,10 @@ use tokio::io::AsyncWriteExt;
 use crate::dump::{quote_ident, DumpRecord, TableRows};
 use crate::local_cluster::{InitOptions, LocalCluster, PgInstall, ScratchArea};
 use crate::replication::Repo;
-use crate::restore::{restore, BackupSelector, RecoveryTarget, RestoreOptions, TargetAction};
+use crate::restore::{
+    restore_with_tablespaces, BackupSelector, RecoveryTarget, RestoreOptions, TablespaceRelocation,
+    TargetAction,
+};
 
 pub use checks::{parse_assertions, Assertion, Scratch};
 use rowcounts::{load_row_counts, Snapshot};
@@ -295,12 +304,6 @@ async fn run_backup(
     st: &mut State,
     rec: &carta_dr_core::catalog::BackupRecord,
 ) -> Result<()> {
-    if !rec.tablespaces.is_empty() {
-        return Err(Error::invalid_input(
-            "the backup has tablespaces: restoring it here would write to their recorded \
-             locations; the restore test does not support that yet",
-        ));
-    }
     let counts = match load_row_counts(repo, rec.id).await {
         Ok(c) => c,
         Err(e) => {
@@ -353,6 +356,16 @@ async fn run_backup(
         }
     }
     let data = st.area.path().join("data");
+    // Every tablespace goes to <scratch>/tablespaces/<oid>: the recorded locations may be in
+    // use by the source cluster on this machine, and are never written.
+    let tablespaces = scratch_tablespaces(st, rec)?;
+    let relocate: Vec<TablespaceRelocation> = tablespaces
+        .iter()
+        .map(|(oid, to)| TablespaceRelocation {
+            from: oid.to_string(),
+            to: to.clone(),
+        })
+        .collect();
     let ropts = RestoreOptions {
         target_dir: data.clone(),
         backup: BackupSelector::Id(rec.id),
@@ -364,7 +377,7 @@ async fn run_backup(
         extra_settings: extra,
         concurrency: opts.concurrency.max(1),
     };
-    let restored = restore(repo, &ropts).await;
+    let restored = restore_with_tablespaces(repo, &ropts, &relocate).await;
     st.end_phase("restore");
     let restored = restored?;
     st.report.bytes = restored.bytes_written;
@@ -379,6 +392,16 @@ async fn run_backup(
         }
     ));
     st.install.give_tree(&data)?;
+    for loc in tablespaces.values() {
+        st.install.give_tree(loc)?;
+    }
+    if !tablespaces.is_empty() {
+        st.report.checked.push(format!(
+            "{} tablespace(s) restored under {}, not to their recorded locations",
+            tablespaces.len(),
+            st.area.path().join("tablespaces").display()
+        ));
+    }
 
     // ---- page checksums, before the server touches the files ----
     let files: Vec<String> = rec
@@ -387,7 +410,15 @@ async fn run_backup(
         .filter(|f| f.kind == carta_dr_core::catalog::FileKind::File)
         .map(|f| f.path.clone())
         .collect();
-    pages::check_pages(&st.install, &data, &files, rec.start_lsn, &mut st.report).await;
+    pages::check_pages(
+        &st.install,
+        &data,
+        &tablespaces,
+        &files,
+        rec.start_lsn,
+        &mut st.report,
+    )
+    .await;
     st.end_phase("page_checksums");
 
     // ---- start ----
@@ -420,6 +451,37 @@ async fn run_backup(
         return Ok(());
     }
     run_checks(opts, st, &expected, &target.user).await
+}
+
+/// Creates `<scratch>/tablespaces/<oid>` parents for every tablespace of `rec` and returns
+/// where each goes (the directories themselves are created by the restore).
+fn scratch_tablespaces(
+    st: &State,
+    rec: &carta_dr_core::catalog::BackupRecord,
+) -> Result<BTreeMap<u32, PathBuf>> {
+    let mut out = BTreeMap::new();
+    if rec.tablespaces.is_empty() {
+        return Ok(out);
+    }
+    let root = st.area.path().join("tablespaces");
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&root)
+        .map_err(|e| Error::io(format!("creating {}", root.display()), e))?;
+    st.install.give(&root)?;
+    let root = root
+        .canonicalize()
+        .map_err(|e| Error::io(format!("resolving {}", root.display()), e))?;
+    for t in &rec.tablespaces {
+        if out.insert(t.oid, root.join(t.oid.to_string())).is_some() {
+            return Err(Error::corrupt(
+                format!("pg_tblspc/{}", t.oid),
+                None,
+                "tablespace recorded twice in the backup",
+            ));
+        }
+    }
+    Ok(out)
 }
 
 /// Launches the server and waits until recovery has ended (`pg_is_in_recovery()` false).

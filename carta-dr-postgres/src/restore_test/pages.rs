@@ -1,5 +1,6 @@
 //! The page checksum pass over a restored data directory, before its server starts.
 
+use std::collections::BTreeMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
@@ -22,10 +23,12 @@ pub(crate) fn checksum_version(controldata: &str) -> Option<u32> {
 
 /// Checks every page of the relation files among `files` (paths relative to `data`) when the
 /// cluster has data checksums; pages with `pd_lsn >= skip_from` are skipped (they changed
-/// while the backup ran and replay rewrites them).
+/// while the backup ran and replay rewrites them). Files under `pg_tblspc/<oid>/` are read
+/// from `tablespaces[oid]`, where the restore put them, never through the link.
 pub(crate) async fn check_pages(
     install: &PgInstall,
     data: &Path,
+    tablespaces: &BTreeMap<u32, PathBuf>,
     files: &[String],
     skip_from: Lsn,
     report: &mut VerifyReport,
@@ -83,12 +86,18 @@ pub(crate) async fn check_pages(
         .filter_map(|f| relation_segment(f).map(|s| (f.clone(), s)))
         .collect();
     let data = data.to_path_buf();
-    let result = tokio::task::spawn_blocking(move || scan(&data, &rel, skip_from)).await;
+    let ts = tablespaces.clone();
+    let result = tokio::task::spawn_blocking(move || scan(&data, &ts, &rel, skip_from)).await;
     match result {
         Ok(s) => {
+            let in_ts = if tablespaces.is_empty() {
+                String::new()
+            } else {
+                format!(" ({} in tablespaces)", s.tablespace_files)
+            };
             report.checked.push(format!(
-                "page checksums: {} relation files, {} pages verified, {} new, {} skipped \
-                 (changed during the backup, LSN >= {skip_from}), {} failed",
+                "page checksums: {} relation files{in_ts}, {} pages verified, {} new, {} \
+                 skipped (changed during the backup, LSN >= {skip_from}), {} failed",
                 s.files, s.verified, s.new_pages, s.skipped, s.failed
             ));
             report.findings.extend(s.findings);
@@ -104,6 +113,7 @@ pub(crate) async fn check_pages(
 #[derive(Default)]
 struct Scan {
     files: u64,
+    tablespace_files: u64,
     verified: u64,
     new_pages: u64,
     skipped: u64,
@@ -111,19 +121,36 @@ struct Scan {
     findings: Vec<carta_dr_core::traits::Finding>,
 }
 
-fn scan(data: &Path, rel: &[(String, u32)], skip_from: Lsn) -> Scan {
+/// Where the restore put the file recorded at `rel`: under `tablespaces[oid]` for
+/// `pg_tblspc/<oid>/...` (`Err` when that tablespace has no location), else under `data`.
+fn locate(
+    data: &Path,
+    tablespaces: &BTreeMap<u32, PathBuf>,
+    rel: &str,
+) -> std::result::Result<(PathBuf, bool), String> {
+    let Some(rest) = rel.strip_prefix("pg_tblspc/") else {
+        return Ok((data.join(rel), false));
+    };
+    let (oid, inner) = rest
+        .split_once('/')
+        .ok_or_else(|| format!("{rel} is not a file inside a tablespace"))?;
+    let loc = oid
+        .parse::<u32>()
+        .ok()
+        .and_then(|o| tablespaces.get(&o))
+        .ok_or_else(|| format!("tablespace {oid} has no restored location"))?;
+    Ok((loc.join(inner), true))
+}
+
+fn scan(
+    data: &Path,
+    tablespaces: &BTreeMap<u32, PathBuf>,
+    rel: &[(String, u32)],
+    skip_from: Lsn,
+) -> Scan {
     let mut out = Scan::default();
     let mut buf = vec![0u8; 1 << 20];
     for (path, segno) in rel {
-        let full: PathBuf = data.join(path);
-        let mut check = RelFileCheck::new(*segno, Some(skip_from));
-        let read = std::fs::File::open(&full).and_then(|mut f| loop {
-            let n = f.read(&mut buf)?;
-            if n == 0 {
-                return Ok(());
-            }
-            check.feed(buf.get(..n).unwrap_or(&[]));
-        });
         let finding = |sev, offset, block, what: String| carta_dr_core::traits::Finding {
             severity: sev,
             location: Location::File {
@@ -133,6 +160,26 @@ fn scan(data: &Path, rel: &[(String, u32)], skip_from: Lsn) -> Scan {
             },
             what,
         };
+        let (full, in_tablespace) = match locate(data, tablespaces, path) {
+            Ok(l) => l,
+            Err(e) => {
+                out.findings.push(finding(
+                    Severity::Warning,
+                    None,
+                    None,
+                    format!("could not check page checksums: {e}"),
+                ));
+                continue;
+            }
+        };
+        let mut check = RelFileCheck::new(*segno, Some(skip_from));
+        let read = std::fs::File::open(&full).and_then(|mut f| loop {
+            let n = f.read(&mut buf)?;
+            if n == 0 {
+                return Ok(());
+            }
+            check.feed(buf.get(..n).unwrap_or(&[]));
+        });
         if let Err(e) = read {
             out.findings.push(finding(
                 Severity::Warning,
@@ -146,6 +193,7 @@ fn scan(data: &Path, rel: &[(String, u32)], skip_from: Lsn) -> Scan {
             continue;
         }
         out.files += 1;
+        out.tablespace_files += u64::from(in_tablespace);
         let s = check.finish();
         out.verified += s.verified;
         out.new_pages += s.new_pages;
@@ -211,5 +259,25 @@ mod tests {
             Some(0)
         );
         assert_eq!(checksum_version("nothing"), None);
+    }
+
+    #[test]
+    fn tablespace_files_are_read_from_their_restored_location() {
+        let data = Path::new("/scratch/data");
+        let ts = BTreeMap::from([(16384, PathBuf::from("/scratch/tablespaces/16384"))]);
+        assert_eq!(
+            locate(data, &ts, "base/5/1259"),
+            Ok((PathBuf::from("/scratch/data/base/5/1259"), false))
+        );
+        assert_eq!(
+            locate(data, &ts, "pg_tblspc/16384/PG_15_202209061/5/16385.1"),
+            Ok((
+                PathBuf::from("/scratch/tablespaces/16384/PG_15_202209061/5/16385.1"),
+                true
+            ))
+        );
+        assert!(locate(data, &ts, "pg_tblspc/16390/PG_15_202209061/5/16385").is_err());
+        assert!(locate(data, &ts, "pg_tblspc/x/PG_15_202209061/5/16385").is_err());
+        assert!(locate(data, &BTreeMap::new(), "pg_tblspc/16384/PG_15_1/5/1").is_err());
     }
 }
