@@ -4,7 +4,9 @@
 use criterion::{criterion_main, Criterion, Throughput};
 
 use carta_dr_core::dump::verify_bytes;
-use carta_dr_core::walverify::{select_segments, WalRecordCheck, WalVerifyOptions};
+use carta_dr_core::walverify::{
+    check_segments, select_segments, verify_wal_dir_threads, WalRecordCheck, WalVerifyOptions,
+};
 use carta_dr_core::WalFileName;
 
 fn fixture_dir(dir: &str) -> Vec<(String, Vec<u8>)> {
@@ -89,6 +91,27 @@ fn wal(c: &mut Criterion) {
         );
         g.throughput(Throughput::Bytes(bytes));
         g.sample_size(10);
+        // The files as `verify --wal --wal-dir` reads them: one thread, then two.
+        let opts = WalVerifyOptions {
+            complete_segments: true,
+            ..Default::default()
+        };
+        let path = std::path::Path::new(&dir);
+        let one = verify_wal_dir_threads(path, None, &opts, 1)
+            .expect("verify")
+            .1;
+        let two = verify_wal_dir_threads(path, None, &opts, 2)
+            .expect("verify")
+            .1;
+        assert_eq!(one, two, "two threads find what one does");
+        for threads in [1, 2] {
+            g.bench_function(format!("dir_files_{threads}_threads"), |b| {
+                b.iter(|| verify_wal_dir_threads(path, None, &opts, threads))
+            });
+        }
+        g.bench_function("dir_memory_2_threads", |b| {
+            b.iter(|| check_segments(&files, &WalVerifyOptions::default(), 2))
+        });
         g.bench_function("dir", |b| {
             b.iter(|| {
                 let mut c = WalRecordCheck::new(WalVerifyOptions::default());

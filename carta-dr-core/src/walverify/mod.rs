@@ -34,9 +34,11 @@
 //! [formats §3.6]: https://www.postgresql.org/docs/15/wal-internals.html
 
 mod crc;
+mod parallel;
 mod verifier;
 
-pub use verifier::{verify_wal_dir, WalVerifier};
+pub use parallel::check_segments;
+pub use verifier::{verify_wal_dir, verify_wal_dir_threads, WalVerifier};
 
 use std::collections::BTreeMap;
 
@@ -340,6 +342,32 @@ pub struct WalRecordCheck {
     crcs: Vec<u32>,
     last_segment: String,
     track: bool,
+    /// How this check entered its first segment (see [`Entry`]).
+    entry: Entry,
+    /// Set while [`Self::finish_crossing`] reads: stop once the pending record is complete.
+    tail_only: bool,
+    /// Where the record after the one completed by [`Self::finish_crossing`] starts.
+    tail_end: Option<Lsn>,
+}
+
+/// What a check started on a segment other than the first (with no state from the segments
+/// before it) did differently from a check that read those segments first: everything a
+/// parallel pass compares when it joins two parts (see `parallel`).
+#[derive(Clone, Copy, Debug, Default)]
+struct Entry {
+    /// The segment size, when the first segment set it (and had that size).
+    seg_size: u64,
+    /// The timeline of the first page header accepted.
+    first_tli: Option<u32>,
+    /// A record header was checked.
+    header_seen: bool,
+    /// The `xl_prev` of the first record header checked, when its resource manager was valid
+    /// (it is compared to nothing).
+    first_prev: Option<u64>,
+    /// The first page of the first segment continues a record, which was skipped.
+    skip_started: bool,
+    /// Where the first record after that skipped continuation starts.
+    skip_end: Option<Lsn>,
 }
 
 impl WalRecordCheck {
@@ -362,6 +390,9 @@ impl WalRecordCheck {
             crcs: Vec::new(),
             last_segment: String::new(),
             track: false,
+            entry: Entry::default(),
+            tail_only: false,
+            tail_end: None,
         }
     }
 
@@ -437,6 +468,57 @@ impl WalRecordCheck {
         }
     }
 
+    /// The segment number of a segment file, once the segment size is known.
+    fn segno_of(&self, name: &WalFileName) -> Option<u64> {
+        let seg = match name {
+            WalFileName::Segment(s) | WalFileName::Partial(s) => s,
+            _ => return None,
+        };
+        if self.seg_size == 0 {
+            return None;
+        }
+        let per_log = 0x1_0000_0000u64 / self.seg_size;
+        Some(u64::from(seg.log) * per_log + u64::from(seg.seg))
+    }
+
+    /// Reads on into the next segment `name` only as far as needed to finish the record in
+    /// progress at the end of the segments fed so far (its CRC, `xl_prev` and the page
+    /// headers it crosses are checked as [`Self::segment`] would), without counting that
+    /// segment. Returns where the next record starts, or `None` when that is not a clean
+    /// continuation (no record in progress, an earlier stop, another segment, any stop while
+    /// reading, a record reaching past this segment, an `XLOG_SWITCH`): then the state of the
+    /// check is no longer that of a sequential pass.
+    fn finish_crossing(&mut self, name: &WalFileName, data: &mut impl Pages) -> Option<Lsn> {
+        let (seg, partial) = match name {
+            WalFileName::Segment(s) => (*s, false),
+            WalFileName::Partial(s) => (*s, true),
+            _ => return None,
+        };
+        if self.pending.is_none()
+            || self.stop.is_some()
+            || self.seg_size == 0
+            || data.len() as u64 != self.seg_size
+        {
+            return None;
+        }
+        let segno = self.segno_of(name)?;
+        if self.next_segno != Some(segno) {
+            return None;
+        }
+        let started = self.pending.as_ref().map(|p| p.start);
+        let fname = name.to_string();
+        self.tail_only = true;
+        self.tail_end = None;
+        let seg_start = Lsn(segno * self.seg_size);
+        self.read_segment(&fname, partial, seg.timeline.get(), seg_start, data);
+        self.tail_only = false;
+        let end = self.tail_end.take();
+        if self.stop.is_some() || self.pending.is_some() || self.prev != started {
+            return None;
+        }
+        end
+    }
+
     fn segment_from(&mut self, name: &WalFileName, data: &mut impl Pages) {
         let (seg, partial) = match name {
             WalFileName::Segment(s) => (*s, false),
@@ -481,6 +563,9 @@ impl WalRecordCheck {
                     }
                 }
             }
+        }
+        if self.sum.segments == 1 {
+            self.entry.seg_size = self.seg_size;
         }
         if data_len as u64 != self.seg_size {
             self.push(
@@ -660,6 +745,12 @@ impl WalRecordCheck {
                                 if crossed_segment {
                                     self.sum.segment_crossing += 1;
                                 }
+                                if self.tail_only {
+                                    if !sw {
+                                        self.tail_end = Some(Lsn(maxalign(end.0)));
+                                    }
+                                    return;
+                                }
                                 if sw {
                                     switched = true;
                                     continue;
@@ -686,6 +777,9 @@ impl WalRecordCheck {
                     }
                     _ => {
                         // Entering mid-stream: skip the continuation (maybe several pages).
+                        if p == 0 && skip_cont.is_none() && self.sum.segments == 1 {
+                            self.entry.skip_started = true;
+                        }
                         let left = skip_cont.unwrap_or(u64::from(hdr.rem_len));
                         let room = (PAGE - hlen) as u64;
                         if left > room {
@@ -695,6 +789,12 @@ impl WalRecordCheck {
                         skip_cont = None;
                         pos = hlen + maxalign(left) as usize;
                         self.next_rec = Some(Lsn(page_lsn.0 + pos as u64));
+                        if self.entry.skip_started
+                            && self.entry.skip_end.is_none()
+                            && self.sum.segments == 1
+                        {
+                            self.entry.skip_end = self.next_rec;
+                        }
                     }
                 }
             } else if hdr.rem_len != 0 {
@@ -870,7 +970,9 @@ impl WalRecordCheck {
     }
 
     /// `ValidXLogRecordHeader`: length, rmgr, xl_prev.
-    fn check_record_header(&self, rec: &[u8], at: Lsn) -> Result<(), String> {
+    fn check_record_header(&mut self, rec: &[u8], at: Lsn) -> Result<(), String> {
+        let first = !self.entry.header_seen;
+        self.entry.header_seen = true;
         let rmid = rec.get(17).copied().unwrap_or(0);
         if rmid > self.max_rmid && rmid < RM_MIN_CUSTOM_ID {
             return Err(format!("invalid resource manager ID {rmid} at {at}"));
@@ -880,6 +982,9 @@ impl WalRecordCheck {
             .and_then(|b| b.try_into().ok())
             .map(u64::from_le_bytes)
             .unwrap_or(0);
+        if first {
+            self.entry.first_prev = Some(prev);
+        }
         if let Some(want) = self.prev {
             if prev != want.0 {
                 return Err(format!(
@@ -963,6 +1068,9 @@ impl WalRecordCheck {
                 "out-of-sequence timeline ID {} (after {})",
                 h.tli, self.last_tli
             ));
+        }
+        if self.entry.first_tli.is_none() {
+            self.entry.first_tli = Some(h.tli);
         }
         if h.tli != self.last_tli {
             if !self.sum.timelines.contains(&h.tli) {

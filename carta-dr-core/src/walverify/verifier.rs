@@ -5,7 +5,8 @@ use std::time::Instant;
 
 use async_trait::async_trait;
 
-use super::{select_segments, WalRecordCheck, WalVerifyOptions};
+use super::parallel::{self, Files, MIN_PART};
+use super::{select_segments, WalVerifyOptions};
 use crate::traits::{Location, Severity, Verifier, VerifyReport};
 use crate::{Error, Result, TimelineId, WalFileName};
 
@@ -33,11 +34,25 @@ impl WalVerifier {
     }
 }
 
-/// Verifies the segments in `dir` (blocking I/O; run it off an async runtime).
+/// Verifies the segments in `dir` (blocking I/O; run it off an async runtime), on as many
+/// threads as there are cores (see [`verify_wal_dir_threads`]).
 pub fn verify_wal_dir(
     dir: &Path,
     timeline: Option<TimelineId>,
     opts: &WalVerifyOptions,
+) -> Result<(VerifyReport, super::WalCheckSummary)> {
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    verify_wal_dir_threads(dir, timeline, opts, threads)
+}
+
+/// Verifies the segments in `dir` (blocking I/O) on up to `threads` threads, each checking a
+/// contiguous run of at least four segments; the report is exactly that of checking them one
+/// after another on one thread (see `walverify::parallel`).
+pub fn verify_wal_dir_threads(
+    dir: &Path,
+    timeline: Option<TimelineId>,
+    opts: &WalVerifyOptions,
+    threads: usize,
 ) -> Result<(VerifyReport, super::WalCheckSummary)> {
     let started = Instant::now();
     let rd =
@@ -53,28 +68,25 @@ pub fn verify_wal_dir(
     }
     let chosen = select_segments(&names, timeline);
     let mut report = VerifyReport::new(dir.display().to_string());
-    let mut check = WalRecordCheck::new(opts.clone());
-    // One chunk buffer for every segment, small enough for the pages to be checked while
-    // they are in the CPU cache.
-    let mut buf = Vec::new();
-    for name in &chosen {
-        let path = dir.join(name.to_string());
-        match read_segment(&mut check, name, &path, &mut buf) {
-            Ok(()) => {}
-            Err(e) => {
-                report.push(
-                    Severity::Warning,
-                    Location::Wal {
-                        segment: name.to_string(),
-                        lsn: None,
-                    },
-                    format!("could not check {}: {e}", path.display()),
-                );
-                break;
-            }
+    let src = Files {
+        files: chosen
+            .iter()
+            .map(|n| (*n, dir.join(n.to_string())))
+            .collect(),
+    };
+    let (sum, failed) = parallel::check(&src, opts, threads, MIN_PART, false);
+    if let Some((i, e)) = failed {
+        if let Some((name, path)) = src.files.get(i) {
+            report.push(
+                Severity::Warning,
+                Location::Wal {
+                    segment: name.to_string(),
+                    lsn: None,
+                },
+                format!("could not check {}: {e}", path.display()),
+            );
         }
     }
-    let sum = check.finish();
     report.bytes = sum.bytes;
     report
         .checked
@@ -96,21 +108,6 @@ pub fn verify_wal_dir(
     report.findings.extend(sum.findings.iter().cloned());
     report.duration = started.elapsed();
     Ok((report, sum))
-}
-
-/// Bytes read at a time.
-const CHUNK: usize = 256 * 1024;
-
-/// Feeds the segment file at `path` to `check`, read in [`CHUNK`]s into `buf`.
-fn read_segment(
-    check: &mut WalRecordCheck,
-    name: &WalFileName,
-    path: &Path,
-    buf: &mut Vec<u8>,
-) -> std::io::Result<()> {
-    let mut f = std::fs::File::open(path)?;
-    let len = f.metadata()?.len();
-    check.segment_read(name, len, &mut f, CHUNK, buf)
 }
 
 #[async_trait]
