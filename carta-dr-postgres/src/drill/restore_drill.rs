@@ -1003,15 +1003,21 @@ pub async fn run(opts: &RestoreDrillOptions) -> Result<DrillOutcome> {
         last_archived_wal: last_archived,
         archiver_failed_count: failed_count,
     };
-    let pitr = delete.map(|(xid, deleted, issued, committed)| {
-        let before = lost
-            .iter()
-            .filter(|a| a.acked.is_some_and(|t| t < issued))
-            .count() as u64;
-        let after = lost
-            .iter()
-            .filter(|a| a.acked.is_some_and(|t| t > committed))
-            .count() as u64;
+    let pitr = delete.map(|(xid, deleted, _issued, committed)| {
+        // Every lost heartbeat is on one side of the DELETE. With an xid target recovery stops
+        // just before the DELETE's commit record, so whatever it lost committed after it. With
+        // a time or LSN target, a lost heartbeat acknowledged before the DELETE's own
+        // acknowledgement counts as lost before it (one acknowledged while the DELETE ran may
+        // have committed on either side; it is counted before).
+        let by_xid = matches!(pitr_target, Some((RecoveryTarget::Xid(_), _)));
+        let before = if by_xid {
+            0
+        } else {
+            lost.iter()
+                .filter(|a| a.acked.is_some_and(|t| t < committed))
+                .count() as u64
+        };
+        let after = lost.len() as u64 - before;
         let survivors = u64::try_from(ledger).unwrap_or(0);
         let kept_before = u64::from(LEDGER_ROWS.unsigned_abs()) - deleted;
         PitrOutcome {
