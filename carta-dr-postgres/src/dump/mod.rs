@@ -339,8 +339,8 @@ pub async fn restore_dump(
 ) -> Result<Duration> {
     let t0 = Instant::now();
     let object = path(format!("dumps/{}.dump", id.trim_end_matches(".dump")))?;
-    let mut stream = get_opened_stream(store, &object, key).await?;
-    let mut child = tokio::process::Command::new(req.bin("pg_restore"))
+    let stream = get_opened_stream(store, &object, key).await?;
+    let child = tokio::process::Command::new(req.bin("pg_restore"))
         .arg("--exit-on-error")
         .arg("-d")
         .arg(req.conninfo_for(target))
@@ -350,6 +350,18 @@ pub async fn restore_dump(
         .kill_on_drop(true)
         .spawn()
         .map_err(|e| Error::io(format!("starting {}", req.bin("pg_restore").display()), e))?;
+    feed_pg_restore(child, stream, format!("restoring {id} into {target}")).await?;
+    Ok(t0.elapsed())
+}
+
+/// Feeds a spawned `pg_restore` (stdin and stderr piped) every chunk of `stream` and waits
+/// for it. A failing stream kills it and its error is returned; a failing `pg_restore` is
+/// returned with its stderr, under `context`. Returns the bytes fed.
+pub(crate) async fn feed_pg_restore(
+    mut child: tokio::process::Child,
+    mut stream: futures::stream::BoxStream<'static, Result<bytes::Bytes>>,
+    context: String,
+) -> Result<u64> {
     let mut stdin = child
         .stdin
         .take()
@@ -364,9 +376,11 @@ pub async fn restore_dump(
         s
     });
     let mut fed: Result<()> = Ok(());
+    let mut bytes = 0u64;
     while let Some(item) = stream.next().await {
         match item {
             Ok(b) => {
+                bytes += b.len() as u64;
                 if let Err(e) = stdin.write_all(&b).await {
                     fed = Err(Error::io("feeding pg_restore", e));
                     break;
@@ -391,12 +405,12 @@ pub async fn restore_dump(
     if !status.success() {
         return Err(Error::Backend {
             backend: "pg_restore",
-            context: format!("restoring {id} into {target}"),
+            context,
             message: format!("{status}: {}", err.trim()),
             retryable: false,
         });
     }
-    Ok(t0.elapsed())
+    Ok(bytes)
 }
 
 #[cfg(test)]

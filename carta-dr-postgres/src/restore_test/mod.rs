@@ -51,9 +51,7 @@ use carta_dr_core::archive::StoreWalArchive;
 use carta_dr_core::envelope::{get_opened, get_opened_stream, EnvelopeOptions, Key};
 use carta_dr_core::traits::{Location, Severity, VerifyReport};
 use carta_dr_core::{BackupId, Error, Result, StorePath, WalSegmentSize};
-use futures::StreamExt;
 use serde::Serialize;
-use tokio::io::AsyncWriteExt;
 
 use crate::dump::{quote_ident, DumpRecord, TableRows};
 use crate::local_cluster::{InitOptions, LocalCluster, PgInstall, ScratchArea};
@@ -603,7 +601,7 @@ async fn pg_restore(
     rec: &DumpRecord,
 ) -> Result<u64> {
     let object = StorePath::new(rec.object.clone())?;
-    let mut stream = get_opened_stream(repo.store().as_ref(), &object, key).await?;
+    let stream = get_opened_stream(repo.store().as_ref(), &object, key).await?;
     let mut cmd = install.command("pg_restore");
     cmd.args(["--no-owner", "--no-privileges", "--exit-on-error"])
         .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-U", "postgres"])
@@ -613,59 +611,10 @@ async fn pg_restore(
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
         .kill_on_drop(true);
-    let mut child = cmd
+    let child = cmd
         .spawn()
         .map_err(|e| Error::io("starting pg_restore", e))?;
-    let mut stdin = child
-        .stdin
-        .take()
-        .ok_or_else(|| Error::invalid_input("pg_restore has no stdin"))?;
-    let mut stderr = child
-        .stderr
-        .take()
-        .ok_or_else(|| Error::invalid_input("pg_restore has no stderr"))?;
-    let err_task = tokio::spawn(async move {
-        use tokio::io::AsyncReadExt;
-        let mut s = String::new();
-        let _ = stderr.read_to_string(&mut s).await;
-        s
-    });
-    let mut fed: Result<()> = Ok(());
-    let mut bytes = 0u64;
-    while let Some(item) = stream.next().await {
-        match item {
-            Ok(b) => {
-                bytes += b.len() as u64;
-                if let Err(e) = stdin.write_all(&b).await {
-                    fed = Err(Error::io("feeding pg_restore", e));
-                    break;
-                }
-            }
-            Err(e) => {
-                fed = Err(e);
-                break;
-            }
-        }
-    }
-    drop(stdin);
-    if fed.is_err() {
-        let _ = child.kill().await;
-    }
-    let status = child
-        .wait()
-        .await
-        .map_err(|e| Error::io("waiting for pg_restore", e))?;
-    let err = err_task.await.unwrap_or_default();
-    fed?;
-    if !status.success() {
-        return Err(Error::Backend {
-            backend: "pg_restore",
-            context: format!("restoring {}", rec.id),
-            message: format!("{status}: {}", err.trim()),
-            retryable: false,
-        });
-    }
-    Ok(bytes)
+    crate::dump::feed_pg_restore(child, stream, format!("restoring {}", rec.id)).await
 }
 
 async fn run_checks(
