@@ -148,22 +148,7 @@ pub fn finish(report: &VerifyReport, json: bool) -> Result<(), CliError> {
             report.duration.as_secs_f64(),
             report.bytes as f64 / secs / 1e6
         );
-        for f in &report.findings {
-            let sev = match f.severity {
-                Severity::Error => "ERROR",
-                Severity::Warning => "WARNING",
-                Severity::Info => "info",
-            };
-            println!("  {sev}: {}: {}", f.location, f.what);
-        }
-        println!(
-            "  verdict: {}",
-            match verdict {
-                Verdict::Clean => "clean",
-                Verdict::Corrupt => "CORRUPT",
-                Verdict::Incomplete => "INCOMPLETE (could not check everything)",
-            }
-        );
+        print_findings_and_verdict(report);
     }
     match verdict {
         Verdict::Clean => Ok(()),
@@ -369,4 +354,25 @@ async fn verify_wal(ctx: &Context, args: &Args) -> Result<VerifyReport, CliError
     report.findings.extend(sum.findings);
     report.duration = started.elapsed();
     Ok(report)
+}
+
+/// Prints a report's findings, one line each with its severity and location, then its
+/// verdict: the tail of every human-readable `verify` output.
+pub(crate) fn print_findings_and_verdict(report: &VerifyReport) {
+    for f in &report.findings {
+        let sev = match f.severity {
+            Severity::Error => "ERROR",
+            Severity::Warning => "WARNING",
+            Severity::Info => "info",
+        };
+        println!("  {sev}: {}: {}", f.location, f.what);
+    }
+    println!(
+        "  verdict: {}",
+        match report.verdict() {
+            Verdict::Clean => "clean",
+            Verdict::Corrupt => "CORRUPT",
+            Verdict::Incomplete => "INCOMPLETE (could not check everything)",
+        }
+    );
 }

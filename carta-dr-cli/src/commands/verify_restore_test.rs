@@ -12,7 +12,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use carta_dr_core::traits::{Severity, Verdict};
+use carta_dr_core::traits::Verdict;
 use carta_dr_postgres::replication::{ConnParams, Repo};
 use carta_dr_postgres::restore_test::{
     self, parse_assertions, RestoreTestOptions, RestoreTestOutcome, Subject,
@@ -161,22 +161,7 @@ fn print(o: &RestoreTestOutcome, json: bool) {
         "total",
         report.duration.as_secs_f64()
     );
-    for f in &report.findings {
-        let sev = match f.severity {
-            Severity::Error => "ERROR",
-            Severity::Warning => "WARNING",
-            Severity::Info => "info",
-        };
-        println!("  {sev}: {}: {}", f.location, f.what);
-    }
-    println!(
-        "  verdict: {}",
-        match verdict {
-            Verdict::Clean => "clean",
-            Verdict::Corrupt => "CORRUPT",
-            Verdict::Incomplete => "INCOMPLETE (could not check everything)",
-        }
-    );
+    super::verify::print_findings_and_verdict(report);
 }
 
 /// Called by `carta-dr backup` after a successful backup: records per-table row counts
