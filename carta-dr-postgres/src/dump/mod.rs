@@ -17,7 +17,7 @@ use carta_dr_core::dump::DumpCheck;
 use carta_dr_core::envelope::{
     get_opened, get_opened_stream, put_sealed, EnvelopeOptions, Key, SealedWriter,
 };
-use carta_dr_core::{Error, PutOptions, Result, Store, StorePath};
+use carta_dr_core::{Error, PutOptions, Result, Store, StoreExt, StorePath};
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -70,7 +70,8 @@ pub struct DumpRecord {
     pub database: String,
     /// The store path of the archive.
     pub object: String,
-    /// When the dump started, UTC, `YYYYMMDDTHHMMSSZ`.
+    /// When the dump started, UTC, `YYYYMMDDTHHMMSSZ`, with a `-N` suffix for the N+1th dump of
+    /// the database in that second (the stamp in its id).
     pub started: String,
     /// `pg_dump --version`.
     pub pg_dump_version: String,
@@ -90,11 +91,6 @@ pub struct DumpRecord {
     pub tables: Vec<TableRows>,
 }
 
-/// `YYYYMMDDTHHMMSSZ` (UTC): the same stamp a backup id prints.
-fn utc_stamp(t: SystemTime) -> String {
-    carta_dr_core::BackupId::from_time(t).to_string()
-}
-
 fn pg_err(what: &str, e: tokio_postgres::Error) -> Error {
     Error::Backend {
         backend: "postgresql",
@@ -108,6 +104,29 @@ fn path(s: String) -> Result<StorePath> {
     StorePath::new(s)
 }
 
+/// The stamp, id, object and record paths for a dump of `db` started at `started_at`.
+///
+/// Two dumps of one database started within the same second get `-1`, `-2`, ... suffixes, as
+/// backup ids do. A concurrent dump racing for the same name still loses cleanly: the
+/// create-only writes refuse to replace what the other one stored.
+async fn free_dump_name(
+    store: &dyn Store,
+    db: &str,
+    started_at: SystemTime,
+) -> Result<(String, String, StorePath, StorePath)> {
+    let mut stamp_id = carta_dr_core::BackupId::from_time(started_at);
+    loop {
+        let stamp = stamp_id.to_string();
+        let id = format!("{db}/{stamp}");
+        let object = path(format!("dumps/{id}.dump"))?;
+        let record_path = path(format!("dumps/{id}.json"))?;
+        if !store.exists(&object).await? && !store.exists(&record_path).await? {
+            return Ok((stamp, id, object, record_path));
+        }
+        stamp_id = stamp_id.with_seq(stamp_id.seq() + 1);
+    }
+}
+
 /// Runs a logical backup of `req.database` into `store`. See the [module docs](self).
 pub async fn logical_backup(
     store: &dyn Store,
@@ -116,11 +135,8 @@ pub async fn logical_backup(
 ) -> Result<DumpRecord> {
     let started_at = SystemTime::now();
     let t0 = Instant::now();
-    let stamp = utc_stamp(started_at);
     let db = req.database.clone();
-    let id = format!("{db}/{stamp}");
-    let object = path(format!("dumps/{id}.dump"))?;
-    let record_path = path(format!("dumps/{id}.json"))?;
+    let (stamp, id, object, record_path) = free_dump_name(store, &db, started_at).await?;
 
     let version = tokio::process::Command::new(req.bin("pg_dump"))
         .arg("--version")
@@ -324,7 +340,9 @@ pub async fn list_dumps(
             .map_err(|e| Error::corrupt(&m.path, None, format!("bad dump record: {e}")))?;
         out.push(r);
     }
-    out.sort_by(|a, b| (&a.started, &a.id).cmp(&(&b.started, &b.id)));
+    // By start (`-N` suffixes in numeric order), then id.
+    let when = |r: &DumpRecord| r.started.parse::<carta_dr_core::BackupId>().ok();
+    out.sort_by(|a, b| (when(a), &a.started, &a.id).cmp(&(when(b), &b.started, &b.id)));
     Ok(out)
 }
 
@@ -416,15 +434,41 @@ pub(crate) async fn feed_pg_restore(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::UNIX_EPOCH;
+
+    #[tokio::test]
+    async fn dumps_in_the_same_second_get_distinct_names() {
+        use std::time::UNIX_EPOCH;
+        let store = carta_dr_backends::MemoryStore::new();
+        let t = UNIX_EPOCH + Duration::from_secs(1_795_000_000);
+        let (stamp, id, object, record) = free_dump_name(&store, "shop", t).await.unwrap();
+        assert_eq!(stamp, "20261118T110640Z");
+        assert_eq!(id, "shop/20261118T110640Z");
+        assert_eq!(object.as_str(), "dumps/shop/20261118T110640Z.dump");
+        assert_eq!(record.as_str(), "dumps/shop/20261118T110640Z.json");
+        // A complete dump holds that second: the next one takes `-1`.
+        for p in [&object, &record] {
+            store
+                .put(p, bytes::Bytes::from_static(b"x"), PutOptions::create())
+                .await
+                .unwrap();
+        }
+        let (_, id, ..) = free_dump_name(&store, "shop", t).await.unwrap();
+        assert_eq!(id, "shop/20261118T110640Z-1");
+        // A record alone (its object deleted by hand) still holds the name.
+        let lone = StorePath::new("dumps/shop/20261118T110640Z-1.json".to_string()).unwrap();
+        store
+            .put(&lone, bytes::Bytes::from_static(b"x"), PutOptions::create())
+            .await
+            .unwrap();
+        let (_, id, ..) = free_dump_name(&store, "shop", t).await.unwrap();
+        assert_eq!(id, "shop/20261118T110640Z-2");
+        // Another database's dumps do not matter.
+        let (_, id, ..) = free_dump_name(&store, "crm", t).await.unwrap();
+        assert_eq!(id, "crm/20261118T110640Z");
+    }
 
     #[test]
-    fn stamps_and_identifiers() {
-        assert_eq!(utc_stamp(UNIX_EPOCH), "19700101T000000Z");
-        assert_eq!(
-            utc_stamp(UNIX_EPOCH + Duration::from_secs(1_795_000_000)),
-            "20261118T110640Z"
-        );
+    fn identifiers() {
         assert_eq!(quote_ident("orders"), "orders");
         assert_eq!(quote_ident("Mixed Case"), "\"Mixed Case\"");
         assert_eq!(quote_ident("a\"b"), "\"a\"\"b\"");
