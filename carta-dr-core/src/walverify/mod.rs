@@ -35,9 +35,11 @@
 
 mod crc;
 mod parallel;
+pub mod tblspc;
 mod verifier;
 
 pub use parallel::check_segments;
+pub use tblspc::{TablespaceCreate, TablespaceCreateScan, TablespaceScanSummary};
 pub use verifier::{verify_wal_dir, verify_wal_dir_threads, WalVerifier};
 
 use std::collections::BTreeMap;
