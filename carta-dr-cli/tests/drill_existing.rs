@@ -485,3 +485,399 @@ fn drill_existing_target_through_the_cli_cleans_up_and_refuses_its_data_dir() {
     assert_unharmed(&env.pg, &before, v["id"].as_str().expect("id"));
     assert_eq!(rt.block_on(backup_ids(&env.repo)), backups_before);
 }
+
+/// Every entry under `dir` with its size, modification time and inode: a file rewritten,
+/// removed or re-created shows.
+fn listing(dir: &Path) -> BTreeMap<PathBuf, (u64, i64, i64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    let mut out = BTreeMap::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).expect("read dir").flatten() {
+            let m = e.metadata().expect("stat");
+            if m.is_dir() {
+                stack.push(e.path());
+            }
+            out.insert(e.path(), (m.len(), m.mtime(), m.mtime_nsec(), m.ino()));
+        }
+    }
+    out
+}
+
+/// Library drill options against `env`'s running cluster, work directory under `work`.
+fn existing_opts(env: &Env, work: &Path, scenario: Scenario) -> RestoreDrillOptions {
+    let mut opts =
+        RestoreDrillOptions::embedded(PathBuf::from(env!("CARGO_BIN_EXE_carta-dr")), opener());
+    opts.scenario = scenario;
+    opts.target = DrillTarget::Existing {
+        conninfo: env.pg.conninfo("postgres"),
+        repo_url: env.repo.clone(),
+        data_dir: Some(env.pg.data_dir().to_path_buf()),
+    };
+    opts.run_as = test_user().map(|u| u.name);
+    opts.work_parent = Some(work.to_path_buf());
+    opts
+}
+
+/// Stops a kept restored server and removes its directory.
+async fn discard(o: DrillOutcome) {
+    if let Some(mut k) = o.restored {
+        k.cluster
+            .stop(Duration::from_secs(30))
+            .await
+            .expect("stop restored");
+        let path = k.area.path().to_path_buf();
+        drop(k);
+        std::fs::remove_dir_all(&path).ok();
+    }
+}
+
+/// The delete scenario against a running cluster: the accidental `DELETE` runs on the
+/// drill's own ledger rows (never on the target's tables), the point-in-time restore beside
+/// the target brings every deleted row back, the writes lost on either side of the `DELETE`
+/// add up to the heartbeats missing on the restored server, and the target is unharmed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drill_existing_delete_recovers_rows_and_leaves_target_untouched() {
+    let env = target("drill-existing-delete");
+    let before = state(&env.pg);
+    let backups_before = backup_ids(&env.repo).await;
+    let work = scratch_dir("drill-existing-delete-work");
+    let mut opts = existing_opts(&env, work.path(), Scenario::Delete);
+    opts.pitr_by = carta_dr_postgres::drill::PitrBy::Time;
+    opts.writes_for = Duration::from_secs(4);
+    opts.keep_restored = true;
+    let o = carta_dr_postgres::drill::run(&opts)
+        .await
+        .unwrap_or_else(|e| panic!("delete drill against a running cluster failed: {e}"));
+    let r = &o.report;
+    assert!(r.verdict.checks_passed, "checks: {:#?}", r.checks);
+    let pitr = r.pitr.as_ref().expect("pitr outcome");
+    assert!(pitr.target.starts_with("time "), "{pitr:?}");
+
+    // Independent bookkeeping on the restored server and the writer's log.
+    let kept = o.restored.as_ref().expect("restored server kept");
+    let c = kept
+        .cluster
+        .connect("postgres")
+        .await
+        .expect("connect to restored");
+    let row = c
+        .query_one(
+            "SELECT count(*), count(*) FILTER (WHERE id % 3 = 0) \
+             FROM carta_dr_drill.ledger WHERE drill = $1",
+            &[&kept.drill_id],
+        )
+        .await
+        .expect("ledger");
+    let (ledger, deleted_ids): (i64, i64) = (row.get(0), row.get(1));
+    assert_eq!(ledger, 1000, "the restored ledger is not whole");
+    assert_eq!(deleted_ids, 333);
+    assert_eq!(pitr.rows_deleted, 333);
+    assert_eq!(pitr.rows_recovered, 333);
+    let present: BTreeSet<i64> = c
+        .query(
+            "SELECT seq FROM carta_dr_drill.heartbeat WHERE drill = $1 AND seq > 0",
+            &[&kept.drill_id],
+        )
+        .await
+        .expect("heartbeats")
+        .iter()
+        .map(|row| row.get::<_, i64>(0))
+        .collect();
+    let in_recovery: bool = c
+        .query_one("SELECT pg_is_in_recovery()", &[])
+        .await
+        .expect("recovery")
+        .get(0);
+    assert!(!in_recovery, "the restored copy was not promoted");
+    drop(c);
+    let acked: Vec<i64> = std::fs::read_to_string(&kept.writer_log)
+        .expect("writer log")
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).expect("json line");
+            v["seq"].as_i64().expect("seq")
+        })
+        .collect();
+    let lost = acked.iter().filter(|s| !present.contains(s)).count() as u64;
+    assert!(
+        !present.is_empty(),
+        "no heartbeat before the DELETE survived"
+    );
+    assert!(
+        present.iter().copied().eq(1..=present.len() as i64),
+        "the restored heartbeats are not a prefix: {present:?}"
+    );
+    assert_eq!(r.rpo.transactions_lost, lost);
+    assert_eq!(
+        pitr.writes_lost_before_delete + pitr.writes_discarded_after_delete,
+        lost,
+        "{pitr:?}"
+    );
+    assert!(pitr.writes_discarded_after_delete > 0, "{pitr:?}");
+
+    let drill_id = kept.drill_id.clone();
+    discard(o).await;
+    assert_unharmed(&env.pg, &before, &drill_id);
+    assert_eq!(backup_ids(&env.repo).await, backups_before);
+}
+
+/// A running cluster with a tablespace outside its data directory: the drill restores the
+/// backup with the tablespace relocated into its own directory (the restored server's
+/// `pg_tblspc` link points there and its tablespace holds the target's rows, including
+/// those replayed from WAL written after the backup), and the target's tablespace directory
+/// is not touched: same files, sizes, times and inodes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drill_existing_target_with_tablespace_restores_it_relocated() {
+    let env = Env::local("drill-existing-ts");
+    let ts = scratch_dir("drill-existing-ts-loc");
+    let loc = ts.path().canonicalize().expect("tablespace dir");
+    env.pg.psql(
+        "postgres",
+        &format!("create tablespace ts location '{}'", loc.display()),
+    );
+    env.pg.psql(
+        "postgres",
+        "create table in_ts (id int primary key using index tablespace ts, v text) \
+           with (autovacuum_enabled = off) tablespace ts; \
+         insert into in_ts select g, md5(g::text) from generate_series(1, 50000) g; \
+         create table app (id int primary key, v text not null); \
+         insert into app select g, md5(g::text) from generate_series(1, 1000) g",
+    );
+    env.pg.psql(
+        "postgres",
+        "alter system set archive_timeout = '1s'; select pg_reload_conf()",
+    );
+    env.backup();
+    // After the backup: replayed from the archive into the relocated tablespace.
+    env.pg.psql(
+        "postgres",
+        "insert into in_ts select g, 'after' from generate_series(50001, 60000) g",
+    );
+    // Hint bits and visibility set now, flushed: reading the table later dirties nothing.
+    env.pg.psql("postgres", "vacuum (freeze) in_ts");
+    env.pg.psql("postgres", "checkpoint");
+    env.archive_now();
+    let oid = env.pg.psql(
+        "postgres",
+        "select oid from pg_tablespace where spcname = 'ts'",
+    );
+    let before = state(&env.pg);
+    let ts_before = listing(&loc);
+    assert!(
+        ts_before.keys().any(|p| p
+            .file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with("PG_15_"))),
+        "no PG_15_* directory in the tablespace: {ts_before:?}"
+    );
+    let work = scratch_dir("drill-existing-ts-work");
+    let mut opts = existing_opts(&env, work.path(), Scenario::Crash);
+    opts.writes_for = Duration::from_secs(3);
+    opts.keep_restored = true;
+    let o = carta_dr_postgres::drill::run(&opts)
+        .await
+        .unwrap_or_else(|e| panic!("drill against a cluster with a tablespace failed: {e}"));
+    assert!(
+        o.report.verdict.checks_passed,
+        "checks: {:#?}",
+        o.report.checks
+    );
+    assert!(
+        o.report
+            .commands
+            .iter()
+            .any(|c| c.contains(&format!("--tablespace-map {oid}="))),
+        "{:#?}",
+        o.report.commands
+    );
+    let kept = o.restored.as_ref().expect("restored server kept");
+    let link = std::fs::read_link(kept.cluster.data_dir().join("pg_tblspc").join(&oid))
+        .expect("pg_tblspc link");
+    assert!(
+        link.starts_with(kept.area.path()),
+        "the restored tablespace is at {}",
+        link.display()
+    );
+    let c = kept
+        .cluster
+        .connect("postgres")
+        .await
+        .expect("connect to restored");
+    let row = c
+        .query_one(
+            "SELECT count(*), count(*) FILTER (WHERE v = 'after'), \
+                    pg_tablespace_location((SELECT oid FROM pg_tablespace WHERE spcname = 'ts')) \
+             FROM in_ts",
+            &[],
+        )
+        .await
+        .expect("rows in the restored tablespace");
+    let (n, after, location): (i64, i64, String) = (row.get(0), row.get(1), row.get(2));
+    assert_eq!((n, after), (60000, 10000));
+    assert!(
+        Path::new(&location).starts_with(kept.area.path()),
+        "pg_tablespace_location on the restored copy: {location}"
+    );
+    drop(c);
+    assert!(
+        listing(&link)
+            .keys()
+            .any(|p| p.extension().is_none() && p.is_file()),
+        "the relocated tablespace holds no relation file"
+    );
+    let drill_id = kept.drill_id.clone();
+    discard(o).await;
+    assert_eq!(listing(&loc), ts_before, "the target's tablespace changed");
+    assert_unharmed(&env.pg, &before, &drill_id);
+}
+
+/// A tablespace created on the target after its newest backup is only in the WAL, where its
+/// location cannot be redirected: the drill reads that WAL first and refuses before writing
+/// anything anywhere, naming the location and the record's LSN; the target and its
+/// tablespace directory are untouched, and the work directory is left empty.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drill_existing_refuses_a_tablespace_created_after_the_backup() {
+    let env = target("drill-existing-newts");
+    let ts = scratch_dir("drill-existing-newts-loc");
+    let loc = ts.path().canonicalize().expect("tablespace dir");
+    env.pg.psql(
+        "postgres",
+        &format!("create tablespace late location '{}'", loc.display()),
+    );
+    env.pg.psql(
+        "postgres",
+        "create table in_late (id int) with (autovacuum_enabled = off) tablespace late; \
+         insert into in_late select generate_series(1, 1000)",
+    );
+    env.pg.psql("postgres", "vacuum (freeze) in_late");
+    env.pg.psql("postgres", "checkpoint");
+    env.archive_now();
+    let before = state(&env.pg);
+    let ts_before = listing(&loc);
+    let work = scratch_dir("drill-existing-newts-work");
+    let opts = existing_opts(&env, work.path(), Scenario::Crash);
+    let err = match carta_dr_postgres::drill::run(&opts).await {
+        Ok(o) => panic!("the drill replayed a CREATE TABLESPACE: {:#?}", o.report),
+        Err(e) => e.to_string(),
+    };
+    assert!(err.contains("creates tablespace"), "{err}");
+    assert!(err.contains(&loc.display().to_string()), "{err}");
+    assert!(err.contains("carta-dr backup"), "{err}");
+    assert!(err.contains("record at "), "{err}");
+    let left: Vec<_> = std::fs::read_dir(work.path())
+        .expect("work dir")
+        .map(|e| e.expect("entry").path())
+        .collect();
+    assert!(left.is_empty(), "the refused drill left {left:?}");
+    assert!(postgres_under(work.path()).is_empty());
+    assert_eq!(listing(&loc), ts_before, "the target's tablespace changed");
+    // Nothing was written: the drill's schema does not even exist.
+    assert_eq!(
+        env.pg.psql(
+            "postgres",
+            "select count(*) from pg_namespace where nspname = 'carta_dr_drill'"
+        ),
+        "0"
+    );
+    let after = state(&env.pg);
+    assert_eq!(after, before);
+}
+
+/// A tablespace created on the target while the drill writes its heartbeats (after the
+/// drill's first look at the WAL) is caught by the second look, before the restore: the drill
+/// refuses, removes the rows it wrote, and leaves the target and the new tablespace alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drill_existing_refuses_a_tablespace_created_during_the_drill() {
+    let env = target("drill-existing-midts");
+    let ts = scratch_dir("drill-existing-midts-loc");
+    let loc = ts.path().canonicalize().expect("tablespace dir");
+    let before = state(&env.pg);
+    let work = scratch_dir("drill-existing-midts-work");
+    let mut opts = existing_opts(&env, work.path(), Scenario::Crash);
+    opts.writes_for = Duration::from_secs(6);
+    let conninfo = env.pg.conninfo("postgres");
+    let create = format!("CREATE TABLESPACE mid LOCATION '{}'", loc.display());
+    // Once the drill's heartbeats flow: CREATE TABLESPACE, then its WAL is archived.
+    let side = async {
+        let c = carta_dr_postgres::local_cluster::connect(&conninfo)
+            .await
+            .expect("connect to the target");
+        let until = std::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            // Until the drill creates its schema the query fails: no heartbeat yet.
+            let n: i64 = match c
+                .query_one("SELECT count(*) FROM carta_dr_drill.heartbeat", &[])
+                .await
+            {
+                Ok(row) => row.get(0),
+                Err(_) => 0,
+            };
+            if n > 0 {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < until,
+                "no heartbeat within 60 s"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        c.batch_execute(&create).await.expect("create tablespace");
+        let seg: String = c
+            .query_one("SELECT pg_walfile_name(pg_switch_wal())", &[])
+            .await
+            .expect("switch")
+            .get(0);
+        loop {
+            let last: Option<String> = c
+                .query_one("SELECT last_archived_wal FROM pg_stat_archiver", &[])
+                .await
+                .expect("archiver")
+                .get(0);
+            if last.is_some_and(|l| l.len() == 24 && l >= seg) {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < until,
+                "{seg} not archived within 60 s"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        listing(&loc)
+    };
+    let (result, ts_created) = tokio::join!(carta_dr_postgres::drill::run(&opts), side);
+    let err = match result {
+        Ok(o) => panic!("the drill replayed a CREATE TABLESPACE: {:#?}", o.report),
+        Err(e) => e.to_string(),
+    };
+    assert!(err.contains("creates tablespace"), "{err}");
+    assert!(err.contains(&loc.display().to_string()), "{err}");
+    assert!(
+        ts_created.keys().any(|p| p
+            .file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with("PG_15_"))),
+        "{ts_created:?}"
+    );
+    assert_eq!(listing(&loc), ts_created, "the new tablespace changed");
+    let left: Vec<_> = std::fs::read_dir(work.path())
+        .expect("work dir")
+        .map(|e| e.expect("entry").path())
+        .collect();
+    assert!(left.is_empty(), "the refused drill left {left:?}");
+    assert!(postgres_under(work.path()).is_empty());
+    // The drill's rows are gone although it failed half-way.
+    assert_eq!(
+        env.pg.psql(
+            "postgres",
+            "select (select count(*) from carta_dr_drill.heartbeat) \
+             + (select count(*) from carta_dr_drill.ledger)"
+        ),
+        "0",
+        "the refused drill left rows behind"
+    );
+    let after = state(&env.pg);
+    assert_eq!(after.pid, before.pid);
+    assert_eq!(after.tables, before.tables);
+    assert_eq!(after.files, before.files);
+    assert_eq!(after.top_level, before.top_level);
+    assert_eq!(after.identity, before.identity);
+}

@@ -22,7 +22,9 @@ use crate::exit::ErrorClass;
 pub struct Args {
     /// What to rehearse: crash (kill the primary, remove its data directory, restore to the
     /// end of the archive), delete (an accidental DELETE, point-in-time recovery to just
-    /// before it), corrupt-latest (the newest backup is damaged: detect it and fall back).
+    /// before it; against --target-conninfo it deletes only rows of the drill's own ledger
+    /// table, carta_dr_drill.ledger, never the target's data), corrupt-latest (the newest
+    /// backup is damaged: detect it and fall back; embedded cluster only).
     #[arg(long, default_value = "crash", value_parser = parse_scenario)]
     pub scenario: Scenario,
     /// Scenario delete: recover to just before the DELETE by its transaction id (nothing

@@ -6,9 +6,11 @@
 //!   RPO from heartbeats the primary acknowledged versus those the restore holds.
 //! * [`writer`]: the heartbeat writer.
 //! * [`report`]: the report, its verdict against targets, and its Markdown rendering.
+//! * [`replay_guard`]: no `CREATE TABLESPACE` in the WAL replayed beside a running server.
 //! * [`history`]: the drill log in the store (`drills/restore/<id>.json`, sealed, create-only).
 
 pub mod history;
+pub mod replay_guard;
 pub mod report;
 pub mod restore_drill;
 pub mod writer;

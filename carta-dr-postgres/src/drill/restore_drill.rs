@@ -17,13 +17,17 @@ use carta_dr_core::{
 };
 
 use super::history;
+use super::replay_guard::{server_uid, ReplayGuard};
 use super::report::{
     Cadence, Check, DrillReport, Fallback, PitrBy, PitrOutcome, Rpo, Scenario, Stopwatch,
 };
 use super::writer::{Ack, Writer, WriterLog, SCHEMA_SQL};
 use crate::local_cluster::{connect, redact, InitOptions, LocalCluster, PgInstall, ScratchArea};
 use crate::replication::{ConnParams, PgBackup, PgBackupConfig, Repo};
-use crate::restore::{restore, BackupSelector, RecoveryTarget, RestoreOptions, TargetAction};
+use crate::restore::{
+    restore_with_tablespaces, BackupSelector, RecoveryTarget, RestoreOptions, TablespaceRelocation,
+    TargetAction,
+};
 
 /// Opens a store from its URL (the CLI passes `carta_dr_backends::open`).
 pub type StoreOpener = Arc<dyn Fn(&str) -> Result<Arc<dyn Store>> + Send + Sync>;
@@ -213,6 +217,35 @@ struct Primary {
 pub async fn run(opts: &RestoreDrillOptions) -> Result<DrillOutcome> {
     let started_at = now_unix();
     let id = history::new_id(started_at);
+    let out = run_drill(opts, started_at, &id).await;
+    if out.is_err() {
+        if let DrillTarget::Existing { conninfo, .. } = &opts.target {
+            // A drill that failed half-way leaves no rows of its own in the target either.
+            remove_drill_rows(conninfo, &id).await;
+        }
+    }
+    out
+}
+
+/// Deletes the rows drill `id` wrote in the target's `carta_dr_drill` schema (best effort).
+async fn remove_drill_rows(conninfo: &str, id: &str) {
+    if let Ok(c) = connect(conninfo).await {
+        for table in ["heartbeat", "ledger"] {
+            if let Err(e) = c
+                .execute(
+                    &format!("DELETE FROM carta_dr_drill.{table} WHERE drill = $1"),
+                    &[&id],
+                )
+                .await
+            {
+                tracing::debug!(table, error = %e, "removing the drill's rows");
+            }
+        }
+    }
+}
+
+async fn run_drill(opts: &RestoreDrillOptions, started_at: u64, id: &str) -> Result<DrillOutcome> {
+    let id = id.to_string();
     let install = PgInstall::discover(opts.pg_bin.as_deref(), opts.run_as.as_deref())?;
     if let DrillTarget::Existing {
         data_dir: Some(d), ..
@@ -338,6 +371,33 @@ pub async fn run(opts: &RestoreDrillOptions) -> Result<DrillOutcome> {
     let archive: Arc<StoreWalArchive> =
         Arc::new(StoreWalArchive::new(store.clone(), opts.envelope.clone()));
 
+    // Beside a running server: before the drill writes anything there, the WAL a restore of
+    // its newest backup would replay must not create a tablespace (see `replay_guard`). The
+    // check is completed up to the end of the archive at the disaster, before the restore.
+    let mut guard: Option<ReplayGuard> = None;
+    if !embedded {
+        let newest = repo.latest().await?.ok_or_else(|| Error::NotFound {
+            path: format!("a backup in {}", primary.repo_url),
+        })?;
+        let seg = WalSegmentSize::new(newest.wal_segment_size)?;
+        let mut g = ReplayGuard::new(newest.id.to_string(), newest.start_lsn, seg);
+        if let Some(tip) = archive_tip(archive.as_ref(), seg).await? {
+            g.advance(archive.as_ref(), tip).await?;
+            let v = g.check(tip, server_uid(install.run_as.as_ref()))?;
+            pre_events.push((
+                Instant::now(),
+                format!(
+                    "WAL since backup {} read up to {} ({} segments): {}",
+                    newest.id,
+                    v.position,
+                    v.segments,
+                    allowed_note(&v.allowed)
+                ),
+            ));
+        }
+        guard = Some(g);
+    }
+
     let client = connect(&primary.conninfo).await?;
     client
         .batch_execute(SCHEMA_SQL)
@@ -408,13 +468,17 @@ pub async fn run(opts: &RestoreDrillOptions) -> Result<DrillOutcome> {
     let latest = repo.latest().await?.ok_or_else(|| Error::NotFound {
         path: format!("a backup in {}", primary.repo_url),
     })?;
-    if !latest.tablespaces.is_empty() {
-        return Err(Error::invalid_input(
-            "the newest backup has tablespaces: restoring it beside the server would write to \
-             their locations; the drill does not support that yet",
-        ));
-    }
     let seg_size = WalSegmentSize::new(latest.wal_segment_size)?;
+    if let Some(g) = &guard {
+        if g.backup_id() != latest.id.to_string() {
+            // A newer backup appeared meanwhile: its WAL is read from its own start.
+            guard = Some(ReplayGuard::new(
+                latest.id.to_string(),
+                latest.start_lsn,
+                seg_size,
+            ));
+        }
+    }
 
     // ---- Heartbeats, the accident, the disaster --------------------------------------------
     let writer_log_path = area.path().join("heartbeats.jsonl");
@@ -608,12 +672,28 @@ pub async fn run(opts: &RestoreDrillOptions) -> Result<DrillOutcome> {
     );
     sw.end_phase("detect", Instant::now());
 
+    // ---- the replay guard (beside a running server) ----------------------------------------
+    if let (Some(g), Some(tip)) = (guard.as_mut(), tip) {
+        g.advance(archive.as_ref(), tip).await?;
+        let v = g.check(tip, server_uid(install.run_as.as_ref()))?;
+        sw.event(
+            Instant::now(),
+            format!(
+                "WAL to replay read up to {} ({} segments since backup {}): {}",
+                v.position,
+                v.segments,
+                latest.id,
+                allowed_note(&v.allowed)
+            ),
+        );
+    }
+
     // ---- fetch_base -----------------------------------------------------------------------
     let mut restored_dir = area.path().join("restored");
     // A running target keeps archiving while the drill restores: replay only what the
     // archive held at the disaster, or the RPO would be understated.
     let restore_command = match (&primary.cluster, tip) {
-        (None, Some(tip)) if delete.is_none() => format!(
+        (None, Some(tip)) => format!(
             "{} --repo {} drill wal-fetch --until {tip} %f %p",
             sh_quote(&exe),
             sh_quote(&primary.repo_url)
@@ -643,9 +723,29 @@ pub async fn run(opts: &RestoreDrillOptions) -> Result<DrillOutcome> {
         },
         concurrency: 4,
     };
+    // Every tablespace of the backup is restored into the drill's directory, never to its
+    // recorded location (the running server's own, or the lost primary's).
+    let ts_root = area.path().join("tablespaces");
+    let relocations = |rec: &BackupRecord| -> Vec<TablespaceRelocation> {
+        rec.tablespaces
+            .iter()
+            .map(|t| TablespaceRelocation {
+                from: t.oid.to_string(),
+                to: ts_root.join(t.oid.to_string()),
+            })
+            .collect()
+    };
+    let relocate = relocations(&latest);
+    for r in &relocate {
+        commands.push(format!(
+            "# tablespace {} restored to {}",
+            r.from,
+            r.to.display()
+        ));
+    }
     sw.event(Instant::now(), format!("restoring backup {}", latest.id));
     let mut fallback = None;
-    let (report_restore, used) = match restore(&repo, &ropts).await {
+    let (report_restore, used) = match restore_with_tablespaces(&repo, &ropts, &relocate).await {
         Ok(r) => (r, latest.id),
         Err(e) if is_integrity_error(&e) => {
             sw.event(
@@ -670,7 +770,12 @@ pub async fn run(opts: &RestoreDrillOptions) -> Result<DrillOutcome> {
                 })?;
             sw.event(Instant::now(), format!("falling back to backup {prev}"));
             ropts.backup = BackupSelector::Id(prev);
-            let r = restore(&repo, &ropts).await?;
+            if ts_root.exists() {
+                std::fs::remove_dir_all(&ts_root)
+                    .map_err(|e| Error::io(format!("removing {}", ts_root.display()), e))?;
+            }
+            let prev_rec: BackupRecord = repo.load(prev).await?;
+            let r = restore_with_tablespaces(&repo, &ropts, &relocations(&prev_rec)).await?;
             fallback = Some(Fallback {
                 failed_backup: latest.id.to_string(),
                 error: e.to_string(),
@@ -682,9 +787,16 @@ pub async fn run(opts: &RestoreDrillOptions) -> Result<DrillOutcome> {
         Err(e) => return Err(e),
     };
     commands.push(format!(
-        "carta-dr --repo {} restore --backup {used} --to {}{}",
+        "carta-dr --repo {} restore --backup {used} --to {}{}{}",
         sh_quote(&primary.repo_url),
         sh_quote(&restored_dir.display().to_string()),
+        relocate
+            .iter()
+            .map(|r| format!(
+                " --tablespace-map {}",
+                sh_quote(&format!("{}={}", r.from, r.to.display()))
+            ))
+            .collect::<String>(),
         match &target {
             RecoveryTarget::Xid(x) => format!(
                 " --target-xid {x} --set recovery_target_inclusive=off --target-action promote"
@@ -700,6 +812,9 @@ pub async fn run(opts: &RestoreDrillOptions) -> Result<DrillOutcome> {
         }
     ));
     install.give_tree(&restored_dir)?;
+    if ts_root.exists() {
+        install.give_tree(&ts_root)?;
+    }
     sw.event(
         Instant::now(),
         format!(
@@ -1069,17 +1184,7 @@ pub async fn run(opts: &RestoreDrillOptions) -> Result<DrillOutcome> {
     // ---- cleanup --------------------------------------------------------------------------
     if !embedded {
         // Leave the target as it was: remove this drill's rows.
-        if let Ok(c) = connect(&primary.conninfo).await {
-            let _ = c
-                .execute(
-                    "DELETE FROM carta_dr_drill.heartbeat WHERE drill = $1",
-                    &[&id],
-                )
-                .await;
-            let _ = c
-                .execute("DELETE FROM carta_dr_drill.ledger WHERE drill = $1", &[&id])
-                .await;
-        }
+        remove_drill_rows(&primary.conninfo, &id).await;
     }
     if let Some(mut c) = primary.cluster.take() {
         let _ = c.stop(Duration::from_secs(30)).await;
@@ -1102,6 +1207,28 @@ pub async fn run(opts: &RestoreDrillOptions) -> Result<DrillOutcome> {
         repo_url: primary.repo_url,
         restored: restored_out,
     })
+}
+
+/// For the timeline: tablespace creations let through by the replay guard.
+fn allowed_note(allowed: &[carta_dr_core::walverify::TablespaceCreate]) -> String {
+    if allowed.is_empty() {
+        return "no CREATE TABLESPACE".into();
+    }
+    format!(
+        "CREATE TABLESPACE out of the restored copy's reach: {}",
+        allowed
+            .iter()
+            .map(|c| if c.location.is_empty() {
+                format!("in-place tablespace {} at {}", c.oid, c.lsn)
+            } else {
+                format!(
+                    "tablespace {} at {} ({}, not writable by the server's OS user: its replay fails there)",
+                    c.oid, c.location, c.lsn
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    )
 }
 
 /// Whether `path` is `dir` or lies below it, comparing the paths as the file system resolves
