@@ -81,6 +81,7 @@ struct TargetState {
     files: BTreeMap<String, String>,
     top_level: BTreeSet<String>,
     identity: String,
+    drill_schema: bool,
 }
 
 fn md5_file(path: &Path) -> String {
@@ -121,12 +122,17 @@ fn state(pg: &PgCluster) -> TargetState {
         "select system_identifier || ' tli ' || (select timeline_id from pg_control_checkpoint()) \
          || ' recovery ' || pg_is_in_recovery() from pg_control_system()",
     );
+    let drill_schema = pg.psql(
+        "postgres",
+        "select to_regnamespace('carta_dr_drill') is not null",
+    ) == "t";
     TargetState {
         pid: postmaster_pid(pg),
         tables,
         files,
         top_level,
         identity,
+        drill_schema,
     }
 }
 
@@ -162,7 +168,8 @@ fn postgres_under(dir: &Path) -> Vec<u32> {
     found
 }
 
-/// The target after the drill: unharmed, its drill rows removed, and it still takes writes.
+/// The target after the drill: unharmed, its drill rows removed (and the drill's schema
+/// dropped when the drill created it), and it still takes writes.
 fn assert_unharmed(pg: &PgCluster, before: &TargetState, drill_id: &str) {
     assert!(pg.is_running(), "the target is no longer running");
     let after = state(pg);
@@ -178,16 +185,22 @@ fn assert_unharmed(pg: &PgCluster, before: &TargetState, drill_id: &str) {
     );
     assert_eq!(after.identity, before.identity);
     assert_eq!(
-        pg.psql(
-            "postgres",
-            &format!(
-                "select (select count(*) from carta_dr_drill.heartbeat where drill = '{drill_id}') \
-                 + (select count(*) from carta_dr_drill.ledger where drill = '{drill_id}')"
-            ),
-        ),
-        "0",
-        "the drill left rows behind"
+        after.drill_schema, before.drill_schema,
+        "the drill left its schema behind (or dropped one it found)"
     );
+    if after.drill_schema {
+        assert_eq!(
+            pg.psql(
+                "postgres",
+                &format!(
+                    "select (select count(*) from carta_dr_drill.heartbeat where drill = '{drill_id}') \
+                     + (select count(*) from carta_dr_drill.ledger where drill = '{drill_id}')"
+                ),
+            ),
+            "0",
+            "the drill left rows behind"
+        );
+    }
     pg.psql(
         "postgres",
         "insert into app values (100001, 'after the drill')",
@@ -539,7 +552,10 @@ async fn discard(o: DrillOutcome) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn drill_existing_delete_recovers_rows_and_leaves_target_untouched() {
     let env = target("drill-existing-delete");
+    // A schema the drill finds is the operator's: the drill removes its rows but keeps it.
+    env.pg.psql("postgres", "create schema carta_dr_drill");
     let before = state(&env.pg);
+    assert!(before.drill_schema);
     let backups_before = backup_ids(&env.repo).await;
     let work = scratch_dir("drill-existing-delete-work");
     let mut opts = existing_opts(&env, work.path(), Scenario::Delete);
@@ -771,7 +787,7 @@ async fn drill_existing_refuses_a_tablespace_created_after_the_backup() {
     assert!(left.is_empty(), "the refused drill left {left:?}");
     assert!(postgres_under(work.path()).is_empty());
     assert_eq!(listing(&loc), ts_before, "the target's tablespace changed");
-    // Nothing was written: the drill's schema does not even exist.
+    // No trace of the drill in the target: its schema does not exist.
     assert_eq!(
         env.pg.psql(
             "postgres",
@@ -864,17 +880,12 @@ async fn drill_existing_refuses_a_tablespace_created_during_the_drill() {
         .collect();
     assert!(left.is_empty(), "the refused drill left {left:?}");
     assert!(postgres_under(work.path()).is_empty());
-    // The drill's rows are gone although it failed half-way.
-    assert_eq!(
-        env.pg.psql(
-            "postgres",
-            "select (select count(*) from carta_dr_drill.heartbeat) \
-             + (select count(*) from carta_dr_drill.ledger)"
-        ),
-        "0",
-        "the refused drill left rows behind"
-    );
+    // The drill's rows and schema are gone although it failed half-way.
     let after = state(&env.pg);
+    assert!(
+        !after.drill_schema,
+        "the refused drill left its schema behind"
+    );
     assert_eq!(after.pid, before.pid);
     assert_eq!(after.tables, before.tables);
     assert_eq!(after.files, before.files);

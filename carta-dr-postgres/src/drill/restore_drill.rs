@@ -217,14 +217,64 @@ struct Primary {
 pub async fn run(opts: &RestoreDrillOptions) -> Result<DrillOutcome> {
     let started_at = now_unix();
     let id = history::new_id(started_at);
+    let DrillTarget::Existing { conninfo, .. } = &opts.target else {
+        return run_drill(opts, started_at, &id).await;
+    };
+    // Beside a running server the drill leaves nothing of its own behind, also when it
+    // fails half-way: its rows are deleted, and its schema dropped if this drill created it.
+    let schema_was_there = match connect(conninfo).await {
+        Ok(c) => c
+            .query_one("SELECT to_regnamespace('carta_dr_drill') IS NOT NULL", &[])
+            .await
+            .map_err(|e| pg_err("looking for the drill schema", e))?
+            .get::<_, bool>(0),
+        Err(e) => return Err(e),
+    };
     let out = run_drill(opts, started_at, &id).await;
-    if out.is_err() {
-        if let DrillTarget::Existing { conninfo, .. } = &opts.target {
-            // A drill that failed half-way leaves no rows of its own in the target either.
-            remove_drill_rows(conninfo, &id).await;
-        }
+    remove_drill_rows(conninfo, &id).await;
+    if !schema_was_there {
+        drop_drill_schema(conninfo).await;
     }
     out
+}
+
+/// Drops the drill's schema and its two tables if they hold no rows (another drill running
+/// at the same time keeps them); anything else created in the schema keeps it too.
+async fn drop_drill_schema(conninfo: &str) {
+    let Ok(mut c) = connect(conninfo).await else {
+        return;
+    };
+    let r: std::result::Result<bool, tokio_postgres::Error> = async {
+        let tx = c.transaction().await?;
+        tx.batch_execute(
+            "SET LOCAL lock_timeout = '5s'; \
+             LOCK TABLE carta_dr_drill.heartbeat, carta_dr_drill.ledger IN ACCESS EXCLUSIVE MODE",
+        )
+        .await?;
+        let empty: bool = tx
+            .query_one(
+                "SELECT NOT EXISTS (SELECT 1 FROM carta_dr_drill.heartbeat) \
+                 AND NOT EXISTS (SELECT 1 FROM carta_dr_drill.ledger)",
+                &[],
+            )
+            .await?
+            .get(0);
+        if !empty {
+            return Ok(false);
+        }
+        tx.batch_execute(
+            "DROP TABLE carta_dr_drill.heartbeat, carta_dr_drill.ledger; \
+             DROP SCHEMA carta_dr_drill",
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+    .await;
+    match r {
+        Ok(dropped) => tracing::debug!(dropped, "drill schema"),
+        Err(e) => tracing::debug!(error = %e, "the drill schema stays"),
+    }
 }
 
 /// Deletes the rows drill `id` wrote in the target's `carta_dr_drill` schema (best effort).
@@ -1182,10 +1232,6 @@ async fn run_drill(opts: &RestoreDrillOptions, started_at: u64, id: &str) -> Res
     report.judge(opts.rto_target, opts.rpo_target);
 
     // ---- cleanup --------------------------------------------------------------------------
-    if !embedded {
-        // Leave the target as it was: remove this drill's rows.
-        remove_drill_rows(&primary.conninfo, &id).await;
-    }
     if let Some(mut c) = primary.cluster.take() {
         let _ = c.stop(Duration::from_secs(30)).await;
     }
