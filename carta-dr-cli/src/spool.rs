@@ -7,10 +7,13 @@
 //! <spool>/dropped/<NAME>.json      a safety-valve drop record not yet copied to the store
 //! ```
 //!
-//! Markers and drop records are written durably (temporary name, fsync, rename, fsync of the
-//! directory), so a crash leaves either the old state or the new one. Markers are written
-//! only after the store confirmed the object durable; a marker is only ever trusted together
-//! with a matching CRC-32C of the file PostgreSQL hands over. Prefetched files are a cache:
+//! Drop records are written durably (temporary name, fsync, rename, fsync of the directory),
+//! so a crash leaves either the old state or the new one. Markers are written only after the
+//! store confirmed the object durable, atomically (temporary name renamed into place) but
+//! without fsync: they are a cache whose loss costs one repeated upload (the create-only put
+//! then finds identical content), and a marker a crash damaged or emptied does not parse or
+//! does not match, so it counts as none. A marker is only ever trusted together with a
+//! matching CRC-32C and size of the file PostgreSQL hands over. Prefetched files are a cache:
 //! written under a temporary name and renamed into place without fsync, and trusted only
 //! after their CRC-32C (in the name) and, for segments, their first page verify again, so a
 //! copy damaged by a crash is refetched, never handed to PostgreSQL. Nothing here touches
@@ -58,6 +61,28 @@ pub fn write_atomic(path: &Path, data: &[u8]) -> Result<(), CliError> {
         drop(f);
         fs::rename(&tmp, path).map_err(|e| CliError::io("renaming into place", path, e))?;
         sync_dir(dir)
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// Writes `data` to `path` atomically but not durably: a temporary file in the same directory
+/// (created exclusively) renamed over `path`. For caches, whose loss after a crash costs only
+/// repeated work.
+pub fn write_atomic_cache(path: &Path, data: &[u8]) -> Result<(), CliError> {
+    let tmp = temp_beside(path);
+    let result = (|| {
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&tmp)
+            .map_err(|e| CliError::io("creating", &tmp, e))?;
+        f.write_all(data)
+            .map_err(|e| CliError::io("writing", &tmp, e))?;
+        drop(f);
+        fs::rename(&tmp, path).map_err(|e| CliError::io("renaming into place", path, e))
     })();
     if result.is_err() {
         let _ = fs::remove_file(&tmp);
@@ -139,11 +164,12 @@ impl Spool {
         Some(PushedMarker { crc32c, size, repo })
     }
 
-    /// Records durably that `name` is durable in the store.
+    /// Records that `name` is durable in the store (call only once the store confirmed it).
+    /// Atomic, not fsynced: see the module docs.
     pub fn mark_pushed(&self, name: &WalFileName, m: &PushedMarker) -> Result<(), CliError> {
         let dir = self.root.join("pushed");
         ensure_dir(&dir)?;
-        write_atomic(
+        write_atomic_cache(
             &self.pushed_path(name),
             format!("{:08x} {} {}\n", m.crc32c, m.size, m.repo).as_bytes(),
         )

@@ -20,7 +20,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use bytes::Bytes;
 use carta_dr_core::archive::{DroppedWal, StoreWalArchive};
 use carta_dr_core::traits::PushOutcome;
 use carta_dr_core::WalFileName;
@@ -73,27 +72,44 @@ pub async fn run(ctx: &Context, args: Args) -> Result<(), CliError> {
         }
         tracing::warn!(file = %name, "look-ahead marker does not match the file; pushing again");
     }
-    let data = std::fs::read(&path).map_err(|e| CliError::io("reading", &path, e))?;
+    let file = std::fs::File::open(&path).map_err(|e| CliError::io("opening", &path, e))?;
+    let size = file
+        .metadata()
+        .map_err(|e| CliError::io("reading the size of", &path, e))?
+        .len();
 
     let archive = ctx.wal_archive(STORE_PATIENCE)?;
-    let size = data.len() as u64;
-    // The look-ahead runs alongside the requested file's upload: with `push_concurrency` 2,
-    // one look-ahead push at a time.
+    // The look-ahead runs alongside the requested file's upload, `push_concurrency` files at
+    // a time, each sealed on its share of the cores (one thread each on two cores with the
+    // default of 2), so the cores stay busy without running more sealing threads than cores.
     let n = args.look_ahead.unwrap_or(ctx.config.wal.push_look_ahead);
     let ahead = async {
         if n > 0 {
-            let c = ctx.config.wal.push_concurrency.saturating_sub(1).max(1);
+            let c = ctx.config.wal.push_concurrency.max(1);
             look_ahead(&archive, &spool, &pg_wal, name, n, c, &repo).await;
         }
     };
     // The requested file is sealed right here (on the runtime's thread and one helper per
     // further core) before the look-ahead starts: a hand-off to the blocking pool would only
-    // add a thread wake-up, which costs milliseconds on a busy machine. Its upload then
-    // overlaps the look-ahead.
+    // add a thread wake-up, which costs milliseconds on a busy machine. Each thread reads its
+    // chunks of the file into one reused buffer (no buffer of the whole file, whose page
+    // faults cost more than its compression). Its upload then overlaps the look-ahead.
     let prepared = match archive.cluster().await {
-        Ok(cluster) => archive.prepare(&name, &data, cluster.as_ref()),
+        Ok(cluster) => {
+            let threads = carta_dr_core::envelope::default_threads();
+            match archive.prepare_file(&name, &file, size, cluster.as_ref(), threads) {
+                Ok(p) => Ok(p),
+                // Reading or validating the local file: never a store failure, so never a
+                // case for the safety valve.
+                Err(e) => {
+                    return Err(CliError::from(e)
+                        .context(format!("archiving {} to {repo}", path.display())))
+                }
+            }
+        }
         Err(e) => Err(e),
     };
+    drop(file);
     let (main, ()) = match prepared {
         Ok(p) => tokio::join!(archive.commit(p), ahead),
         Err(e) => (Err(e), ()),
@@ -105,8 +121,9 @@ pub async fn run(ctx: &Context, args: Args) -> Result<(), CliError> {
         }
         Err(e) => {
             let err = CliError::from(e).context(format!("archiving {} to {repo}", path.display()));
-            let crc = carta_dr_core::envelope::crc32c(&data);
-            drop(data);
+            let Ok((crc, size)) = crc_of_file(&path) else {
+                return Err(err);
+            };
             return safety_valve(ctx, &archive, &spool, &pg_wal, name, size, crc, err).await;
         }
     }
@@ -148,20 +165,37 @@ fn wal_name_of(path: &Path) -> Result<WalFileName, CliError> {
     })
 }
 
-/// Validates, seals (on the blocking pool, chunks on every core) and stores one file;
-/// returns the outcome and the content's CRC-32C.
-pub async fn push_one(
+/// Validates, seals (on the blocking pool, on up to `threads` threads, reading the file chunk
+/// by chunk) and stores the file at `path`; returns the outcome, the content's CRC-32C and
+/// size, or `None` if the file is gone (PostgreSQL archived and removed it meanwhile).
+pub async fn push_file(
     archive: &Arc<StoreWalArchive>,
     name: WalFileName,
-    data: Bytes,
-) -> Result<(PushOutcome, u32), carta_dr_core::Error> {
+    path: PathBuf,
+    threads: usize,
+) -> Result<Option<(PushOutcome, u32, u64)>, carta_dr_core::Error> {
     let cluster = archive.cluster().await?;
     let a = archive.clone();
-    let prepared = tokio::task::spawn_blocking(move || a.prepare(&name, &data, cluster.as_ref()))
-        .await
-        .map_err(|e| carta_dr_core::Error::invalid_input(format!("sealing {name}: {e}")))??;
-    let crc = prepared.crc32c;
-    Ok((archive.commit(prepared).await?, crc))
+    let prepared = tokio::task::spawn_blocking(move || {
+        let file = match std::fs::File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(carta_dr_core::Error::io(format!("opening {name}"), e)),
+        };
+        let len = file
+            .metadata()
+            .map_err(|e| carta_dr_core::Error::io(format!("reading the size of {name}"), e))?
+            .len();
+        a.prepare_file(&name, &file, len, cluster.as_ref(), threads)
+            .map(Some)
+    })
+    .await
+    .map_err(|e| carta_dr_core::Error::invalid_input(format!("sealing {name}: {e}")))??;
+    let Some(p) = prepared else {
+        return Ok(None);
+    };
+    let (crc, size) = (p.crc32c, p.raw_len);
+    Ok(Some((archive.commit(p).await?, crc, size)))
 }
 
 /// The files PostgreSQL marked ready, sorted, without `except`.
@@ -199,16 +233,14 @@ async fn look_ahead(
     if candidates.is_empty() {
         return;
     }
+    let threads = (carta_dr_core::envelope::default_threads() / concurrency.max(1)).max(1);
     let results: Vec<bool> = stream::iter(candidates)
         .map(|name| async move {
             let file = pg_wal.join(name.to_string());
-            // PostgreSQL may have archived and removed it meanwhile: nothing to do.
-            let Ok(data) = std::fs::read(&file) else {
-                return false;
-            };
-            let size = data.len() as u64;
-            match push_one(archive, name, Bytes::from(data)).await {
-                Ok((_, crc)) => {
+            match push_file(archive, name, file, threads).await {
+                // PostgreSQL archived and removed it meanwhile: nothing to do.
+                Ok(None) => false,
+                Ok(Some((_, crc, size))) => {
                     let m = PushedMarker {
                         crc32c: crc,
                         size,

@@ -235,6 +235,83 @@ impl StoreWalArchive {
         })
     }
 
+    /// CPU part of a push, reading the file itself: like [`StoreWalArchive::prepare`] for the
+    /// `len` bytes of `file`, sealed on up to `threads` threads (1: on the calling thread).
+    ///
+    /// A segment (or `.partial`) is never read into one buffer: its first page is read and
+    /// validated, then each thread reads its chunks into one reused chunk-sized buffer and
+    /// seals them, so memory stays at a chunk per thread plus the sealed object. The first
+    /// page sealed must be the page validated and the file must still be `len` bytes long
+    /// afterwards, or the push fails. Other files (history, backup history) are small and
+    /// read whole.
+    pub fn prepare_file(
+        &self,
+        name: &WalFileName,
+        file: &std::fs::File,
+        len: u64,
+        cluster: Option<&ClusterIdentity>,
+        threads: usize,
+    ) -> Result<PreparedPush> {
+        use std::os::unix::fs::FileExt;
+        let read_err = |e| Error::io(format!("reading {name}"), e);
+        let n = usize::try_from(len)
+            .map_err(|_| Error::invalid_input(format!("{name}: {len} bytes is too large")))?;
+        if !matches!(name, WalFileName::Segment(_) | WalFileName::Partial(_)) {
+            let mut data = vec![0u8; n];
+            file.read_exact_at(&mut data, 0).map_err(read_err)?;
+            let validated = validate_wal_file(name, &data, cluster)?;
+            let (sealed, stats) = envelope::seal_parallel(&self.opts, &data, threads)?;
+            return Ok(PreparedPush {
+                name: *name,
+                crc32c: stats.crc32c,
+                raw_len: len,
+                sealed: Bytes::from(sealed),
+                identity: match validated {
+                    ValidatedWal::Segment(s) => Some(s.identity),
+                    _ => None,
+                },
+            });
+        }
+        // `inspect_segment` reads the first page and the length: a lazily zeroed buffer of
+        // the file's length (pages never touched cost nothing) holds the first page.
+        let head_len = n.min(crate::wal::XLOG_BLCKSZ as usize);
+        let mut probe = vec![0u8; n];
+        file.read_exact_at(&mut probe[..head_len], 0)
+            .map_err(read_err)?;
+        let validated = validate_wal_file(name, &probe, cluster)?;
+        probe.truncate(head_len);
+        let first_page = probe;
+        let read_at = |offset: u64, buf: &mut [u8]| -> std::io::Result<()> {
+            file.read_exact_at(buf, offset)?;
+            if offset == 0 {
+                let k = buf.len().min(first_page.len());
+                if buf.get(..k) != first_page.get(..k) {
+                    return Err(std::io::Error::other(
+                        "the first page changed while the file was read",
+                    ));
+                }
+            }
+            Ok(())
+        };
+        let (sealed, stats) = envelope::seal_parallel_read(&self.opts, len, &read_at, threads)?;
+        let now = file.metadata().map_err(read_err)?.len();
+        if now != len {
+            return Err(Error::invalid_input(format!(
+                "{name} changed size while it was read ({len} bytes, then {now})"
+            )));
+        }
+        Ok(PreparedPush {
+            name: *name,
+            crc32c: stats.crc32c,
+            raw_len: len,
+            sealed: Bytes::from(sealed),
+            identity: match validated {
+                ValidatedWal::Segment(s) => Some(s.identity),
+                _ => None,
+            },
+        })
+    }
+
     /// I/O part of a push: records the cluster on the first segment, then stores the object
     /// create-only. Returns only once the object is durable. If the name is taken, compares
     /// the stored content's CRC-32C with the pushed one.

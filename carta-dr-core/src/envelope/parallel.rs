@@ -61,6 +61,65 @@ pub fn seal_parallel(
     if threads <= 1 {
         return seal_all(opts, data);
     }
+    let (header, cipher, codec, level) = object_header(opts, data.len() as u64);
+    seal_chunks(
+        &header,
+        cipher.as_ref(),
+        codec,
+        level,
+        Source::Slice(data),
+        cs,
+        threads,
+    )
+}
+
+/// Reads `buf.len()` bytes of the content at `offset` (a whole chunk, or the last one).
+pub type ReadAt<'a> = dyn Fn(u64, &mut [u8]) -> std::io::Result<()> + Sync + 'a;
+
+/// Seals content of `raw_len` bytes that `read_at` reads chunk by chunk (from a file, say),
+/// on up to `threads` threads (the caller's included; 1: on the calling thread alone). Each
+/// thread reads its chunks into one reused chunk-sized buffer, so memory stays at one chunk
+/// per thread plus the sealed output, and no buffer of the whole content is allocated.
+///
+/// The output is byte for byte what [`seal_parallel`] and the sequential sealer write for the
+/// same content and options (with a key, given the same salt). A read error fails the call
+/// (`Error::Io`, with the offset).
+pub fn seal_parallel_read(
+    opts: &EnvelopeOptions,
+    raw_len: u64,
+    read_at: &ReadAt<'_>,
+    threads: usize,
+) -> Result<(Vec<u8>, SealStats)> {
+    let cs = opts.chunk_size;
+    let len = usize::try_from(raw_len)
+        .map_err(|_| Error::invalid_input(format!("{raw_len} bytes: too large to seal here")))?;
+    if len == 0 {
+        return seal_all(opts, &[]);
+    }
+    if cs == 0 || cs > MAX_CHUNK_SIZE {
+        return Err(Error::invalid_input(format!(
+            "chunk size {cs} is not between 1 and {MAX_CHUNK_SIZE}"
+        )));
+    }
+    let n = len.div_ceil(cs);
+    let (header, cipher, codec, level) = object_header(opts, raw_len);
+    seal_chunks(
+        &header,
+        cipher.as_ref(),
+        codec,
+        level,
+        Source::Reader { len, read_at },
+        cs,
+        threads.clamp(1, n),
+    )
+}
+
+/// The encoded header of an object of `raw_len` bytes sealed with `opts` (a fresh random salt
+/// with a key), its cipher, codec id and level.
+fn object_header(
+    opts: &EnvelopeOptions,
+    raw_len: u64,
+) -> ([u8; HEADER_LEN], Option<ObjectCipher>, u8, i32) {
     let (codec, level) = match opts.codec {
         Codec::None => (CODEC_NONE, 0),
         Codec::Zstd { level } => (CODEC_ZSTD, level),
@@ -78,13 +137,31 @@ pub fn seal_parallel(
         codec,
         level,
         cipher: cipher_id,
-        chunk_size: cs as u32,
-        raw_len: data.len() as u64,
+        chunk_size: opts.chunk_size as u32,
+        raw_len,
         salt,
         key_check,
     }
     .encode();
-    seal_chunks(&header, cipher.as_ref(), codec, level, data, cs, threads)
+    (header, cipher, codec, level)
+}
+
+/// Where [`seal_chunks`] takes the content from.
+#[derive(Clone, Copy)]
+enum Source<'a> {
+    /// A buffer holding it all.
+    Slice(&'a [u8]),
+    /// `len` bytes read chunk by chunk.
+    Reader { len: usize, read_at: &'a ReadAt<'a> },
+}
+
+impl Source<'_> {
+    fn len(&self) -> usize {
+        match self {
+            Source::Slice(d) => d.len(),
+            Source::Reader { len, .. } => *len,
+        }
+    }
 }
 
 /// Seals the chunks of `data` under an encoded `header` and appends the trailer.
@@ -93,12 +170,13 @@ fn seal_chunks(
     cipher: Option<&ObjectCipher>,
     codec: u8,
     level: i32,
-    data: &[u8],
+    data: Source<'_>,
     cs: usize,
     threads: usize,
 ) -> Result<(Vec<u8>, SealStats)> {
     let header_crc = Header::crc_of(header);
-    let n = data.len().div_ceil(cs);
+    let total = data.len();
+    let n = total.div_ceil(cs);
     let next = AtomicUsize::new(0);
     let work = || -> Result<SealedFrames> {
         let mut compressor = if codec == CODEC_ZSTD {
@@ -106,11 +184,24 @@ fn seal_chunks(
         } else {
             None
         };
+        let mut buf = Vec::new();
         let mut done = Vec::new();
         loop {
             let i = next.fetch_add(1, Ordering::Relaxed);
-            let Some(raw) = data.chunks(cs).nth(i) else {
+            if i >= n {
                 return Ok(done);
+            }
+            let start = i * cs;
+            let len = cs.min(total - start);
+            let raw: &[u8] = match data {
+                Source::Slice(d) => &d[start..start + len],
+                Source::Reader { read_at, .. } => {
+                    buf.resize(len, 0);
+                    read_at(start as u64, &mut buf[..len]).map_err(|e| {
+                        Error::io(format!("reading {len} bytes at offset {start} to seal"), e)
+                    })?;
+                    &buf[..len]
+                }
             };
             let (frame, crc) = encode_frame(
                 header,
@@ -146,7 +237,7 @@ fn seal_chunks(
     let mut out = Vec::with_capacity(HEADER_LEN + body + TRAILER_LEN_ENCRYPTED);
     out.extend_from_slice(header);
     let mut content_crc = 0u32;
-    let mut raw_left = data.len();
+    let mut raw_left = total;
     for slot in frames {
         let (frame, crc) =
             slot.ok_or_else(|| Error::invalid_input("a chunk was not sealed (internal error)"))?;
@@ -157,7 +248,7 @@ fn seal_chunks(
     }
     let mut trailer = Trailer {
         chunks: n as u64,
-        raw_len: data.len() as u64,
+        raw_len: total as u64,
         content_crc: content_crc.to_le_bytes(),
     };
     let mut tag = None;
@@ -171,7 +262,7 @@ fn seal_chunks(
         out.extend_from_slice(&tag);
     }
     let stats = SealStats {
-        raw_len: data.len() as u64,
+        raw_len: total as u64,
         stored_len: out.len() as u64,
         chunks: n as u64,
         crc32c: content_crc,
@@ -759,9 +850,38 @@ mod tests {
                     let (back, stats) = open_parallel("t", &par, None, threads).unwrap();
                     assert!(back == data);
                     assert_eq!(stats, seq_stats);
+                    let read_at = |off: u64, buf: &mut [u8]| {
+                        let off = off as usize;
+                        buf.copy_from_slice(&data[off..off + buf.len()]);
+                        Ok(())
+                    };
+                    let (rd, rd_stats) =
+                        seal_parallel_read(&opts, len as u64, &read_at, threads).unwrap();
+                    assert!(rd == seq, "read: len {len} cs {cs} threads {threads}");
+                    assert_eq!(rd_stats, seq_stats);
                 }
             }
         }
+    }
+
+    #[test]
+    fn sealing_from_a_reader_reports_read_errors_and_seals_empty_content() {
+        let opts = EnvelopeOptions::zstd(1).with_chunk_size(64);
+        let failing = |off: u64, _: &mut [u8]| {
+            if off >= 128 {
+                Err(std::io::Error::other("device gone"))
+            } else {
+                Ok(())
+            }
+        };
+        for threads in [1, 2] {
+            let e = seal_parallel_read(&opts, 1000, &failing, threads).unwrap_err();
+            assert!(matches!(e, Error::Io { .. }), "{e}");
+        }
+        let nothing = |_: u64, _: &mut [u8]| -> std::io::Result<()> { unreachable!() };
+        let (empty, stats) = seal_parallel_read(&opts, 0, &nothing, 2).unwrap();
+        assert_eq!(empty, seal(&opts, &[]).unwrap());
+        assert_eq!(stats.raw_len, 0);
     }
 
     #[test]
@@ -776,7 +896,16 @@ mod tests {
         let mut header = [0u8; HEADER_LEN];
         header.copy_from_slice(&seq[..HEADER_LEN]);
         let (cipher, _) = key.derive(&hdr.salt);
-        let (par, _) = seal_chunks(&header, Some(&cipher), CODEC_ZSTD, 1, &data, cs, 2).unwrap();
+        let (par, _) = seal_chunks(
+            &header,
+            Some(&cipher),
+            CODEC_ZSTD,
+            1,
+            Source::Slice(&data),
+            cs,
+            2,
+        )
+        .unwrap();
         assert!(par == seq);
         // A fresh parallel seal (new salt) opens with both openers.
         let (fresh, _) = seal_parallel(&opts, &data, 2).unwrap();
