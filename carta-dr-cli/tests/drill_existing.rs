@@ -892,3 +892,63 @@ async fn drill_existing_refuses_a_tablespace_created_during_the_drill() {
     assert_eq!(after.top_level, before.top_level);
     assert_eq!(after.identity, before.identity);
 }
+
+/// `carta-dr drill restore --scenario delete` with an explicit target (connection, data
+/// directory and store), as an ordinary user: it passes, recovers every deleted drill row,
+/// its lost writes add up, and it leaves nothing behind in the target or the work directory.
+#[test]
+fn drill_existing_delete_through_the_cli() {
+    let env = target("drill-existing-delete-cli");
+    let before = state(&env.pg);
+    let work = scratch_dir("drill-existing-delete-cli-work");
+    let history = format!("file://{}", work.subdir("history").display());
+    let parent = work.subdir("drills");
+    let out = env.try_carta(&[
+        "drill",
+        "restore",
+        "--json",
+        "--scenario",
+        "delete",
+        "--target-conninfo",
+        &env.pg.conninfo("postgres"),
+        "--target-data-dir",
+        &env.pg.data_dir().display().to_string(),
+        "--work-dir",
+        &parent.display().to_string(),
+        "--writes-for",
+        "3s",
+        "--report",
+        &work.path().join("report.md").display().to_string(),
+        "--history",
+        &history,
+    ]);
+    assert!(
+        out.status.success(),
+        "drill restore --scenario delete failed ({}):\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON report");
+    assert_eq!(v["verdict"]["pass"], true, "{v:#}");
+    assert_eq!(v["scenario"], "delete");
+    let pitr = &v["pitr"];
+    assert_eq!(pitr["rows_deleted"].as_u64(), Some(333), "{pitr:#}");
+    assert_eq!(pitr["rows_recovered"].as_u64(), Some(333), "{pitr:#}");
+    assert_eq!(
+        pitr["writes_lost_before_delete"].as_u64(),
+        Some(0),
+        "{pitr:#}"
+    );
+    assert_eq!(
+        pitr["writes_discarded_after_delete"].as_u64(),
+        v["rpo"]["transactions_lost"].as_u64(),
+        "{v:#}"
+    );
+    let left: Vec<_> = std::fs::read_dir(&parent)
+        .expect("work dir")
+        .map(|e| e.expect("entry").path())
+        .collect();
+    assert!(left.is_empty(), "the drill left {left:?}");
+    assert!(postgres_under(&parent).is_empty());
+    assert_unharmed(&env.pg, &before, v["id"].as_str().expect("id"));
+}
