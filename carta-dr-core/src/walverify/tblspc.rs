@@ -24,7 +24,9 @@ use serde::{Deserialize, Serialize};
 
 use super::{maxalign, RM_XLOG_ID, SIZE_OF_XLOG_RECORD, XLOG_RECORD_MAX_SIZE, XLOG_SWITCH};
 use crate::envelope::crc32c_append;
-use crate::wal::page::{PageHeader, XLOG_BLCKSZ, XLP_FIRST_IS_CONTRECORD};
+use crate::wal::page::{
+    PageHeader, XLOG_BLCKSZ, XLP_FIRST_IS_CONTRECORD, XLP_FIRST_IS_OVERWRITE_CONTRECORD,
+};
 use crate::{Lsn, WalSegmentSize};
 
 /// `RM_TBLSPC_ID` (`rmgrlist.h`): the tablespace resource manager.
@@ -184,6 +186,15 @@ impl TablespaceCreateScan {
         }
         let body_start = page_lsn + hdr.len() as u64;
         let page_end = page_lsn + PAGE;
+        if self.partial.is_some()
+            && hdr.info & XLP_FIRST_IS_CONTRECORD == 0
+            && hdr.info & XLP_FIRST_IS_OVERWRITE_CONTRECORD != 0
+        {
+            // The record was never finished (a crash); the server went on from this page,
+            // which starts with an XLOG_OVERWRITE_CONTRECORD record.
+            self.partial = None;
+            self.next = body_start;
+        }
         let mut pos = if self.partial.is_some() {
             if hdr.info & XLP_FIRST_IS_CONTRECORD == 0 {
                 self.stop = Some(format!(
@@ -562,6 +573,19 @@ mod tests {
             TablespaceCreateScan::new(Lsn(first), None, WalSegmentSize::new(SEG).expect("size"));
         s.segment(1, &w.segs[1]);
         assert!(s.finish().stop.as_deref().unwrap_or("").contains("missing"));
+        // A record never finished, overwritten after a crash: reading goes on from the page
+        // flagged XLP_FIRST_IS_OVERWRITE_CONTRECORD.
+        let mut w = Writer::new(2);
+        w.pad_to(SEG - 104);
+        w.record(10, 0, &[0u8; 500]);
+        let page = &mut w.segs[1][..];
+        page[2..4].copy_from_slice(&(0x0002 | XLP_FIRST_IS_OVERWRITE_CONTRECORD).to_le_bytes());
+        page[16..20].copy_from_slice(&0u32.to_le_bytes());
+        w.pos = SEG + SIZE_OF_XLOG_LONG_PHD as u64;
+        let after = w.record(RM_TBLSPC_ID, XLOG_TBLSPC_CREATE, &tblspc(9, "/b"));
+        let out = scan(&w, first, None);
+        assert_eq!(out.creates.len(), 1, "{out:?}");
+        assert_eq!(out.creates[0].lsn, Lsn(after));
         // Garbage instead of a page never panics.
         let mut s =
             TablespaceCreateScan::new(Lsn(first), None, WalSegmentSize::new(SEG).expect("size"));
