@@ -117,6 +117,19 @@ pub fn tune_allocator() {
     }
 }
 
+/// Keeps small blocks freed at the top of a heap (up to 16 MiB) instead of returning them to
+/// the kernel at once, so that the 1 MiB pieces a store read allocates one after the other
+/// reuse pages already mapped instead of faulting in fresh zeroed ones each time (a sixth of
+/// the page faults of a `wal-fetch`). For `wal-fetch`, whose live set is small; `wal-push`
+/// look-ahead keeps several sealed objects alive at once and does without.
+pub fn retain_freed_pages() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: as in `tune_allocator`.
+    unsafe {
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 16 << 20);
+    }
+}
+
 /// Fsyncs a directory so that a rename in it is durable.
 pub fn sync_dir(dir: &Path) -> Result<(), CliError> {
     fs::File::open(dir)

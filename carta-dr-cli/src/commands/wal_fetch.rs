@@ -34,7 +34,7 @@ use futures::stream::{self, StreamExt};
 use crate::context::Context;
 use crate::error::CliError;
 use crate::exit::ErrorClass;
-use crate::spool::{temp_beside, tune_allocator, Spool, DEFAULT_SPOOL_NAME};
+use crate::spool::{retain_freed_pages, temp_beside, tune_allocator, Spool, DEFAULT_SPOOL_NAME};
 
 /// How long one fetch keeps retrying a failing store before giving up.
 const STORE_PATIENCE: Duration = Duration::from_secs(30);
@@ -65,6 +65,7 @@ pub async fn run(ctx: &Context, args: Args) -> Result<(), CliError> {
 
 async fn fetch(ctx: &Context, args: Args) -> Result<(), CliError> {
     tune_allocator();
+    retain_freed_pages();
     let name: WalFileName = args.name.parse().map_err(|e| {
         CliError::new(
             ErrorClass::InvalidInput,

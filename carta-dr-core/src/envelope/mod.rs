@@ -59,7 +59,8 @@ pub use encode::Sealer;
 pub use format::{FORMAT_VERSION, HEADER_LEN, MAX_CHUNK_SIZE};
 pub use key::Key;
 pub use parallel::{
-    default_threads, open_parallel, open_parallel_to, seal_parallel, seal_parallel_read, ReadAt,
+    crc32c_parallel_read, default_threads, open_parallel, open_parallel_to, seal_parallel,
+    seal_parallel_read, ReadAt,
 };
 pub use store_io::{get_opened, get_opened_stream, put_sealed, SealedWriter};
 

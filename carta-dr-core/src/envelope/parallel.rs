@@ -114,6 +114,64 @@ pub fn seal_parallel_read(
     )
 }
 
+/// The CRC-32C of `len` bytes that `read_at` reads, in pieces of 1 MiB on up to `threads`
+/// threads (the caller's included), each reading into one reused buffer.
+pub fn crc32c_parallel_read(
+    len: u64,
+    read_at: &ReadAt<'_>,
+    threads: usize,
+) -> std::io::Result<u32> {
+    const PIECE: usize = 1 << 20;
+    let total = usize::try_from(len).map_err(std::io::Error::other)?;
+    let n = total.div_ceil(PIECE);
+    let next = AtomicUsize::new(0);
+    let work = || -> std::io::Result<Vec<(usize, u32)>> {
+        let mut buf = Vec::new();
+        let mut done = Vec::new();
+        loop {
+            let i = next.fetch_add(1, Ordering::Relaxed);
+            if i >= n {
+                return Ok(done);
+            }
+            let start = i * PIECE;
+            let len = PIECE.min(total - start);
+            buf.resize(len, 0);
+            read_at(start as u64, &mut buf[..len])?;
+            done.push((i, super::crc::crc32c(&buf[..len])));
+        }
+    };
+    let results: Vec<std::io::Result<Vec<(usize, u32)>>> = std::thread::scope(|s| {
+        let handles: Vec<_> = (1..threads.clamp(1, n.max(1)))
+            .map(|_| s.spawn(work))
+            .collect();
+        let mut all = vec![work()];
+        for h in handles {
+            all.push(
+                h.join()
+                    .unwrap_or_else(|_| Err(std::io::Error::other("a checksum thread panicked"))),
+            );
+        }
+        all
+    });
+    let mut crcs = vec![None; n];
+    for r in results {
+        for (i, crc) in r? {
+            if let Some(slot) = crcs.get_mut(i) {
+                *slot = Some(crc);
+            }
+        }
+    }
+    let mut crc = 0u32;
+    let mut left = total;
+    for slot in crcs {
+        let piece = slot.ok_or_else(|| std::io::Error::other("a piece was not read"))?;
+        let len = left.min(PIECE);
+        left -= len;
+        crc = super::crc::crc32c_combine(crc, piece, len);
+    }
+    Ok(crc)
+}
+
 /// The encoded header of an object of `raw_len` bytes sealed with `opts` (a fresh random salt
 /// with a key), its cipher, codec id and level.
 fn object_header(
@@ -860,6 +918,22 @@ mod tests {
                     assert!(rd == seq, "read: len {len} cs {cs} threads {threads}");
                     assert_eq!(rd_stats, seq_stats);
                 }
+            }
+        }
+    }
+
+    #[test]
+    fn parallel_read_checksum_is_the_crc32c() {
+        for len in [0usize, 1, (1 << 20) - 1, 1 << 20, (3 << 20) + 5] {
+            let data = sample(len);
+            let read_at = |off: u64, buf: &mut [u8]| {
+                let off = off as usize;
+                buf.copy_from_slice(&data[off..off + buf.len()]);
+                Ok(())
+            };
+            for threads in [1, 2, 3] {
+                let crc = crc32c_parallel_read(len as u64, &read_at, threads).unwrap();
+                assert_eq!(crc, crate::envelope::crc32c(&data), "len {len}");
             }
         }
     }
