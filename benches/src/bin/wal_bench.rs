@@ -1,10 +1,10 @@
 //! End-to-end WAL archiving benchmark: `carta-dr wal-push` / `wal-fetch` against `cp`+`fsync`
-//! (the floor) and pgBackRest's `archive-push` / `archive-get`, on 64 real 16 MiB segments
-//! that a PostgreSQL 15 cluster wrote under pgbench.
+//! (the floor) and pgBackRest's `archive-push` / `archive-get`, on real 16 MiB segments that a
+//! PostgreSQL 15 cluster wrote under pgbench.
 //!
 //! ```text
-//! cargo build --release -p carta-dr-cli
-//! cargo run --release -p carta-dr-benches --bin wal_bench [-- --segments 64]
+//! cargo build --release -p carta-dr-cli -p carta-dr-benches
+//! target/release/wal_bench [--segments 64] [--rounds 3] [--data DIR] [--modes push-carta,...]
 //! ```
 //!
 //! Every tool is called once per segment, the way PostgreSQL calls `archive_command` and
@@ -14,6 +14,11 @@
 //! of the commands it started (`getrusage(RUSAGE_CHILDREN)`) is per mode. Compression is
 //! zstd level 1 for both tools; repositories are local directories; commands run as the
 //! unprivileged test user.
+//!
+//! Each round runs every mode once, the tools alternating, into fresh repositories and
+//! spools (no acknowledgement, marker or prefetched copy of an earlier run is reused); the
+//! report shows the median of the rounds. With `--data DIR` the generated segments are kept
+//! in DIR and reused by later runs.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -135,6 +140,8 @@ fn mode_main(args: &[String]) {
     if push {
         set_ready(&data, &names);
     }
+    // No look-ahead marker or prefetched copy of an earlier run is reused.
+    let _ = std::fs::remove_dir_all(data.join("pg_wal/carta-dr-spool"));
     let started = Instant::now();
     for n in &names {
         let wal = format!("pg_wal/{n}");
@@ -217,25 +224,59 @@ fn median_ms(mut f: impl FnMut(), n: usize) -> f64 {
     v[n / 2].as_secs_f64() * 1000.0
 }
 
-fn main() {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    if args.first().map(String::as_str) == Some("--mode") {
-        return mode_main(&args);
-    }
-    let count: usize = args
-        .iter()
-        .position(|a| a == "--segments")
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(64);
-    let bin = carta_dr();
-    if !Path::new("/usr/bin/pgbackrest").is_file() {
-        panic!("pgbackrest is missing: apt-get install -y pgbackrest");
-    }
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split_whitespace().next().map(str::to_string))
+        .unwrap_or_default()
+}
 
-    // 1. Real segments from PostgreSQL 15 under pgbench.
+/// Creates `dir` (and its parents) owned by the test user.
+fn user_dir(dir: &Path) -> PathBuf {
+    std::fs::create_dir_all(dir).unwrap_or_else(|e| panic!("creating {}: {e}", dir.display()));
+    chown_test_user(dir);
+    dir.to_path_buf()
+}
+
+/// Writes a pgBackRest configuration for `repo` with its own spool (so that no acknowledgement
+/// or queued file of an earlier run is reused) and, for a new repository, creates the stanza
+/// offline (from the copied `pg_control`).
+fn pgbr_conf(round: &Path, label: &str, repo: &Path, pgdata: &Path, create: bool) -> String {
+    let spool = user_dir(&round.join(format!("{label}-spool")));
+    user_dir(repo);
+    let conf = round.join(format!("{label}.conf"));
+    std::fs::write(
+        &conf,
+        format!(
+            "[global]\nrepo1-path={}\nspool-path={s}\nlock-path={s}\nlog-path={s}\n\
+             log-level-console=warn\nlog-level-file=off\ncompress-type=zst\n\
+             compress-level=1\nprocess-max=2\narchive-check=n\nstart-fast=y\n\
+             archive-get-queue-max=256MiB\nrepo1-retention-full=1\n\n[bench]\npg1-path={}\n",
+            repo.display(),
+            pgdata.display(),
+            s = spool.display(),
+        ),
+    )
+    .unwrap();
+    chown_test_user(&conf);
+    if create {
+        run_ok(
+            as_test_user(
+                Command::new("pgbackrest")
+                    .arg(format!("--config={}", conf.display()))
+                    .args(["--stanza=bench", "--no-online", "stanza-create"]),
+            ),
+            "pgbackrest stanza-create",
+        );
+    }
+    conf.display().to_string()
+}
+
+/// Writes `count` real segments from PostgreSQL 15 under pgbench into `root`: `pgdata/`
+/// holds what the tools read (`PG_VERSION`, `global/pg_control`, `pg_wal/<segments>`),
+/// `segments.txt` their names.
+fn generate(root: &Path, count: usize) {
     eprintln!("generating {count} segments with PostgreSQL 15 + pgbench ...");
-    let work = scratch_dir("wal-bench");
     let mut pg = PgCluster::builder()
         .label("wal-bench")
         .conf("wal_keep_size", "8GB")
@@ -249,6 +290,10 @@ fn main() {
         pg.command("pgbench").args(["-i", "-s", &scale, "-q"]),
         "pgbench -i",
     );
+    let segno = |s: &str| {
+        u64::from_str_radix(&s[16..24], 16).unwrap()
+            + (u64::from_str_radix(&s[8..16], 16).unwrap() << 8)
+    };
     loop {
         run_ok(
             pg.command("pgbench")
@@ -256,57 +301,14 @@ fn main() {
             "pgbench",
         );
         let cur = pg.psql("postgres", "SELECT pg_walfile_name(pg_current_wal_lsn())");
-        let segno = |s: &str| {
-            u64::from_str_radix(&s[16..24], 16).unwrap()
-                + (u64::from_str_radix(&s[8..16], 16).unwrap() << 8)
-        };
         if segno(&cur) > segno(&first) + count as u64 + 1 {
             break;
         }
     }
-    // Register the stanza while the server runs, then stop it: the benchmark reads files only.
-    let pgbr_repo = work.subdir("pgbackrest-repo");
-    let pgbr_spool = work.subdir("pgbackrest-spool");
-    let pgbr_conf = work.path().join("pgbackrest.conf");
-    let (pg_data, pg_port, pg_sock) = (
-        pg.data_dir().display().to_string(),
-        pg.port(),
-        pg.socket_dir().display().to_string(),
-    );
-    let write_pgbr_conf = |repo: &Path| {
-        std::fs::write(
-            &pgbr_conf,
-            format!(
-                "[global]\nrepo1-path={}\nspool-path={}\nlock-path={}\nlog-path={}\n\
-                 log-level-console=warn\nlog-level-file=off\ncompress-type=zst\n\
-                 compress-level=1\nprocess-max=2\narchive-check=n\nstart-fast=y\n\
-                 archive-get-queue-max=256MiB\nrepo1-retention-full=1\n\n[bench]\n\
-                 pg1-path={}\npg1-port={}\npg1-socket-path={}\npg1-user=postgres\n",
-                repo.display(),
-                pgbr_spool.display(),
-                pgbr_spool.display(),
-                pgbr_spool.display(),
-                pg_data,
-                pg_port,
-                pg_sock
-            ),
-        )
-        .unwrap();
-        chown_test_user(&pgbr_conf);
-    };
-    write_pgbr_conf(&pgbr_repo);
-    run_ok(
-        as_test_user(
-            Command::new("pgbackrest")
-                .arg(format!("--config={}", pgbr_conf.display()))
-                .args(["--stanza=bench", "stanza-create"]),
-        ),
-        "pgbackrest stanza-create",
-    );
     pg.stop();
-    let data = pg.data_dir().to_path_buf();
+    let src = pg.data_dir().to_path_buf();
     let names: Vec<String> = {
-        let mut v: Vec<String> = std::fs::read_dir(data.join("pg_wal"))
+        let mut v: Vec<String> = std::fs::read_dir(src.join("pg_wal"))
             .unwrap()
             .flatten()
             .map(|e| e.file_name().to_string_lossy().into_owned())
@@ -317,8 +319,78 @@ fn main() {
         v
     };
     assert_eq!(names.len(), count, "not enough segments");
-    std::fs::write(data.join("../segments.txt"), names.join("\n")).unwrap();
-    let carta_conf = data.join("../carta-dr.toml");
+    let dst = root.join("pgdata");
+    for sub in ["", "global", "pg_wal", "pg_wal/archive_status"] {
+        user_dir(&dst.join(sub));
+    }
+    for f in ["PG_VERSION", "global/pg_control"] {
+        std::fs::copy(src.join(f), dst.join(f)).unwrap();
+        chown_test_user(&dst.join(f));
+    }
+    for n in &names {
+        let to = dst.join("pg_wal").join(n);
+        std::fs::copy(src.join("pg_wal").join(n), &to).unwrap();
+        chown_test_user(&to);
+    }
+    chown_test_user(&dst);
+    std::fs::write(root.join("segments.txt"), names.join("\n")).unwrap();
+}
+
+/// The modes, in the order each round runs them: the tools alternate (carta-dr, pgBackRest,
+/// carta-dr, ...), so that a change of machine load hits both.
+const MODES: [&str; 9] = [
+    "push-carta",
+    "push-pgbackrest",
+    "push-carta-lookahead",
+    "push-pgbackrest-async",
+    "push-cp-fsync",
+    "fetch-carta",
+    "fetch-pgbackrest",
+    "fetch-carta-prefetch",
+    "fetch-pgbackrest-async",
+];
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("--mode") {
+        return mode_main(&args);
+    }
+    let opt = |name: &str| {
+        args.iter()
+            .position(|a| a == name)
+            .and_then(|i| args.get(i + 1))
+            .cloned()
+    };
+    let count: usize = opt("--segments").and_then(|v| v.parse().ok()).unwrap_or(64);
+    let rounds: usize = opt("--rounds").and_then(|v| v.parse().ok()).unwrap_or(3);
+    let only: Option<Vec<String>> =
+        opt("--modes").map(|m| m.split(',').map(str::to_string).collect());
+    let wanted = |m: &str| only.as_ref().is_none_or(|o| o.iter().any(|x| x == m));
+    let bin = carta_dr();
+    if !Path::new("/usr/bin/pgbackrest").is_file() {
+        panic!("pgbackrest is missing: apt-get install -y pgbackrest");
+    }
+
+    // 1. Real segments, generated once (kept with --data DIR, reused by later runs).
+    let scratch = scratch_dir("wal-bench");
+    let root = match opt("--data") {
+        Some(d) => user_dir(Path::new(&d)),
+        None => scratch.path().to_path_buf(),
+    };
+    let have: usize = std::fs::read_to_string(root.join("segments.txt"))
+        .map(|s| s.lines().count())
+        .unwrap_or(0);
+    if have != count {
+        let _ = std::fs::remove_dir_all(root.join("pgdata"));
+        generate(&root, count);
+    }
+    let data = root.join("pgdata");
+    let names: Vec<String> = std::fs::read_to_string(root.join("segments.txt"))
+        .unwrap()
+        .lines()
+        .map(str::to_string)
+        .collect();
+    let carta_conf = root.join("carta-dr.toml");
     std::fs::write(
         &carta_conf,
         "compression_level = 1\n[wal]\npush_look_ahead = 8\npush_concurrency = 2\n\
@@ -327,89 +399,57 @@ fn main() {
     .unwrap();
     chown_test_user(&carta_conf);
     let raw_bytes = count as u64 * SEG;
-
-    // 2. Push modes, each into a fresh repository.
-    let mut rows = Vec::new();
     let d = data.display().to_string();
-    let fresh = |label: &str| work.subdir(label).display().to_string();
-    let carta_repo = fresh("carta-repo");
-    rows.push(run_mode(&[
-        "--mode".into(),
-        "push-carta".into(),
-        d.clone(),
-        carta_repo.clone(),
-    ]));
-    rows.push(run_mode(&[
-        "--mode".into(),
-        "push-carta-lookahead".into(),
-        d.clone(),
-        fresh("carta-repo-la"),
-    ]));
-    rows.push(run_mode(&[
-        "--mode".into(),
-        "push-cp-fsync".into(),
-        d.clone(),
-        fresh("cp-repo"),
-    ]));
-    rows.push(run_mode(&[
-        "--mode".into(),
-        "push-pgbackrest".into(),
-        d.clone(),
-        pgbr_conf.display().to_string(),
-    ]));
-    // Async into a second stanza repository (the first already holds every segment).
-    let pgbr_repo2 = work.subdir("pgbackrest-repo2");
-    write_pgbr_conf(&pgbr_repo2);
-    pg.start();
-    run_ok(
-        as_test_user(
-            Command::new("pgbackrest")
-                .arg(format!("--config={}", pgbr_conf.display()))
-                .args(["--stanza=bench", "stanza-create"]),
-        ),
-        "pgbackrest stanza-create (2)",
-    );
-    pg.stop();
-    rows.push(run_mode(&[
-        "--mode".into(),
-        "push-pgbackrest-async".into(),
-        d.clone(),
-        pgbr_conf.display().to_string(),
-    ]));
 
-    // 3. Fetch modes (carta-dr from its first repository, pgBackRest from its second).
-    for e in std::fs::read_dir(data.join("pg_wal/archive_status"))
-        .unwrap()
-        .flatten()
-    {
-        let _ = std::fs::remove_file(e.path());
+    // 2. Interleaved rounds, each into fresh repositories and spools.
+    let mut rows: Vec<Row> = Vec::new();
+    let mut loads = Vec::new();
+    let mut last_round = PathBuf::new();
+    for r in 0..rounds {
+        let rd = user_dir(&root.join(format!("round-{r}")));
+        let before = load_average();
+        let carta_repo = user_dir(&rd.join("carta-repo")).display().to_string();
+        let pgbr_repo = rd.join("pgbackrest-repo");
+        let mut run = |mode: &str, target: String| {
+            if wanted(mode) {
+                let row = run_mode(&["--mode".into(), mode.into(), d.clone(), target]);
+                eprintln!("round {r}: {mode:<24} {:>7.2} s", row.secs);
+                rows.push(row);
+            }
+        };
+        run("push-carta", carta_repo.clone());
+        let conf = pgbr_conf(&rd, "push-sync", &pgbr_repo, &data, true);
+        run("push-pgbackrest", conf);
+        run(
+            "push-carta-lookahead",
+            user_dir(&rd.join("carta-repo-la")).display().to_string(),
+        );
+        let conf = pgbr_conf(&rd, "push-async", &rd.join("pgbr-repo-async"), &data, true);
+        run("push-pgbackrest-async", conf);
+        let cp = user_dir(&rd.join("cp-repo"));
+        run("push-cp-fsync", cp.display().to_string());
+        let _ = std::fs::remove_dir_all(&cp);
+        for e in std::fs::read_dir(data.join("pg_wal/archive_status"))
+            .unwrap()
+            .flatten()
+        {
+            let _ = std::fs::remove_file(e.path());
+        }
+        run("fetch-carta", carta_repo.clone());
+        let conf = pgbr_conf(&rd, "get-sync", &pgbr_repo, &data, false);
+        run("fetch-pgbackrest", conf);
+        run("fetch-carta-prefetch", carta_repo.clone());
+        let conf = pgbr_conf(&rd, "get-async", &pgbr_repo, &data, false);
+        run("fetch-pgbackrest-async", conf);
+        loads.push(format!("{before}..{}", load_average()));
+        if !last_round.as_os_str().is_empty() {
+            let _ = std::fs::remove_dir_all(&last_round);
+        }
+        last_round = rd;
     }
-    rows.push(run_mode(&[
-        "--mode".into(),
-        "fetch-carta".into(),
-        d.clone(),
-        carta_repo.clone(),
-    ]));
-    rows.push(run_mode(&[
-        "--mode".into(),
-        "fetch-carta-prefetch".into(),
-        d.clone(),
-        carta_repo.clone(),
-    ]));
-    rows.push(run_mode(&[
-        "--mode".into(),
-        "fetch-pgbackrest".into(),
-        d.clone(),
-        pgbr_conf.display().to_string(),
-    ]));
-    rows.push(run_mode(&[
-        "--mode".into(),
-        "fetch-pgbackrest-async".into(),
-        d.clone(),
-        pgbr_conf.display().to_string(),
-    ]));
+    let _ = std::fs::remove_file(data.join("pg_wal/RECOVERYXLOG"));
 
-    // 4. Start-up: --version, and wal-push of an already-archived segment.
+    // 3. Start-up: --version, and wal-push of an already-archived segment.
     let version_ms = median_ms(
         || {
             let _ = Command::new(&bin)
@@ -420,7 +460,10 @@ fn main() {
         101,
     );
     // Already archived, as PostgreSQL meets it after a look-ahead push: the spool marker.
-    let la_repo = fresh("carta-repo-startup");
+    let la_repo = user_dir(&last_round.join("carta-repo-startup"))
+        .display()
+        .to_string();
+    let _ = std::fs::remove_dir_all(data.join("pg_wal/carta-dr-spool"));
     set_ready(&data, &names[..9.min(names.len())]);
     run_ok(
         cmd_in(&data, &bin)
@@ -452,7 +495,7 @@ fn main() {
                         "0",
                         &format!("pg_wal/{}", names[0]),
                     ])
-                    .env("CARTA_DR_REPO", format!("file://{carta_repo}"))
+                    .env("CARTA_DR_REPO", format!("file://{la_repo}"))
                     .env("CARTA_DR_CONFIG", &carta_conf),
                 "wal-push again (no marker)",
             )
@@ -474,47 +517,54 @@ fn main() {
         },
         101,
     );
-
-    let stored = |dir: &str| -> u64 {
-        let out = Command::new("du").args(["-sb", dir]).output().unwrap();
-        String::from_utf8_lossy(&out.stdout)
-            .split_whitespace()
-            .next()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0)
-    };
+    let _ = std::fs::remove_dir_all(data.join("pg_wal/carta-dr-spool"));
+    for e in std::fs::read_dir(data.join("pg_wal/archive_status"))
+        .unwrap()
+        .flatten()
+    {
+        let _ = std::fs::remove_file(e.path());
+    }
 
     let mut t = String::new();
     writeln!(
         t,
-        "\n{count} x 16 MiB real PostgreSQL 15 segments ({} MiB), zstd level 1, local repositories, 2 cores\n",
-        raw_bytes >> 20
+        "\n{count} x 16 MiB real PostgreSQL 15 segments ({} MiB), zstd level 1, local \
+         repositories, {rounds} interleaved rounds (median; peak RSS: the largest); load \
+         average per round {}\n",
+        raw_bytes >> 20,
+        loads.join(", ")
     )
     .unwrap();
     writeln!(
         t,
-        "{:<24} {:>9} {:>10} {:>10} {:>12}",
+        "{:<24} {:>9} {:>10} {:>10} {:>12}   rounds",
         "mode", "seconds", "segments/s", "MB/s", "peak RSS MiB"
     )
     .unwrap();
-    for r in &rows {
+    let mut median = std::collections::HashMap::new();
+    for m in MODES {
+        let mut v: Vec<&Row> = rows.iter().filter(|r| r.name == m).collect();
+        if v.is_empty() {
+            continue;
+        }
+        let each: Vec<String> = v.iter().map(|r| format!("{:.2}", r.secs)).collect();
+        v.sort_by(|a, b| a.secs.total_cmp(&b.secs));
+        let mid = v[v.len() / 2];
+        let rss = v.iter().map(|r| r.peak_rss_kib).max().unwrap_or(0);
+        median.insert(m, mid.secs);
         writeln!(
             t,
-            "{:<24} {:>9.2} {:>10.1} {:>10.1} {:>12.1}",
-            r.name,
-            r.secs,
-            r.n as f64 / r.secs,
-            (r.n as u64 * SEG) as f64 / 1e6 / r.secs,
-            r.peak_rss_kib as f64 / 1024.0
+            "{:<24} {:>9.2} {:>10.1} {:>10.1} {:>12.1}   {}",
+            m,
+            mid.secs,
+            mid.n as f64 / mid.secs,
+            (mid.n as u64 * SEG) as f64 / 1e6 / mid.secs,
+            rss as f64 / 1024.0,
+            each.join(" ")
         )
         .unwrap();
     }
-    let by = |n: &str| {
-        rows.iter()
-            .find(|r| r.name == n)
-            .map(|r| r.secs)
-            .unwrap_or(f64::NAN)
-    };
+    let by = |n: &str| median.get(n).copied().unwrap_or(f64::NAN);
     writeln!(t, "\nratios (time of pgBackRest / time of carta-dr):").unwrap();
     writeln!(
         t,
@@ -542,7 +592,7 @@ fn main() {
     .unwrap();
     writeln!(
         t,
-        "  floor: cp+fsync is {:.2}x faster than carta-dr push",
+        "  floor: carta-dr push takes {:.2}x the time of cp+sync",
         by("push-carta") / by("push-cp-fsync")
     )
     .unwrap();
@@ -550,15 +600,11 @@ fn main() {
         t,
         "\nstart-up (median): carta-dr --version {version_ms:.2} ms; wal-push of a segment \
          already pushed by look-ahead {again_ms:.2} ms, already archived without a spool \
-         marker {again_nomarker_ms:.2} ms; pgbackrest version {pgbr_version_ms:.2} ms; /bin/true {true_ms:.2} ms"
+         marker {again_nomarker_ms:.2} ms; pgbackrest version {pgbr_version_ms:.2} ms; \
+         /bin/true {true_ms:.2} ms; load average {}",
+        load_average()
     )
     .unwrap();
-    writeln!(
-        t,
-        "stored bytes: carta-dr {} MiB, pgBackRest {} MiB",
-        stored(&carta_repo) >> 20,
-        stored(&pgbr_repo.display().to_string()) >> 20
-    )
-    .unwrap();
+    let _ = std::fs::remove_dir_all(&last_round);
     println!("{t}");
 }
