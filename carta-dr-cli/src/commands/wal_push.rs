@@ -20,8 +20,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use carta_dr_core::archive::{DroppedWal, StoreWalArchive};
-use carta_dr_core::traits::PushOutcome;
+use carta_dr_core::archive::{DroppedWal, PreparedPush, StoreWalArchive};
 use carta_dr_core::WalFileName;
 use futures::stream::{self, StreamExt};
 
@@ -80,9 +79,8 @@ pub async fn run(ctx: &Context, args: Args) -> Result<(), CliError> {
         .len();
 
     let archive = ctx.wal_archive(STORE_PATIENCE)?;
-    // The look-ahead runs alongside the requested file's upload, `push_concurrency` files at
-    // a time, each sealed on its share of the cores (one thread each on two cores with the
-    // default of 2), so the cores stay busy without running more sealing threads than cores.
+    // The look-ahead runs alongside the requested file's upload: one file sealed per core,
+    // `push_concurrency` uploads at a time.
     let n = args.look_ahead.unwrap_or(ctx.config.wal.push_look_ahead);
     let ahead = async {
         if n > 0 {
@@ -181,18 +179,18 @@ fn wal_name_of(path: &Path) -> Result<WalFileName, CliError> {
     })
 }
 
-/// Validates, seals (on the blocking pool, on up to `threads` threads, reading the file chunk
-/// by chunk) and stores the file at `path`; returns the outcome, the content's CRC-32C and
-/// size, or `None` if the file is gone (PostgreSQL archived and removed it meanwhile).
-pub async fn push_file(
+/// Validates and seals the file at `path` on the blocking pool, on up to `threads` threads,
+/// reading it chunk by chunk; `None` if the file is gone (PostgreSQL archived and removed it
+/// meanwhile).
+pub async fn seal_file(
     archive: &Arc<StoreWalArchive>,
     name: WalFileName,
     path: PathBuf,
     threads: usize,
-) -> Result<Option<(PushOutcome, u32, u64)>, carta_dr_core::Error> {
+) -> Result<Option<PreparedPush>, carta_dr_core::Error> {
     let cluster = archive.cluster().await?;
     let a = archive.clone();
-    let prepared = tokio::task::spawn_blocking(move || {
+    tokio::task::spawn_blocking(move || {
         let file = match std::fs::File::open(&path) {
             Ok(f) => f,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
@@ -206,12 +204,7 @@ pub async fn push_file(
             .map(Some)
     })
     .await
-    .map_err(|e| carta_dr_core::Error::invalid_input(format!("sealing {name}: {e}")))??;
-    let Some(p) = prepared else {
-        return Ok(None);
-    };
-    let (crc, size) = (p.crc32c, p.raw_len);
-    Ok(Some((archive.commit(p).await?, crc, size)))
+    .map_err(|e| carta_dr_core::Error::invalid_input(format!("sealing {name}: {e}")))?
 }
 
 /// The files PostgreSQL marked ready, sorted, without `except`.
@@ -249,14 +242,29 @@ async fn look_ahead(
     if candidates.is_empty() {
         return;
     }
-    let threads = (carta_dr_core::envelope::default_threads() / concurrency.max(1)).max(1);
+    // Two stages: one file sealed per core (each on one thread, so the cores stay busy
+    // without more sealing threads than cores), and up to `concurrency` uploads, so that a
+    // core starts sealing the next file while the previous one is being written and synced.
+    let sealers = carta_dr_core::envelope::default_threads().max(1);
     let results: Vec<bool> = stream::iter(candidates)
         .map(|name| async move {
-            let file = pg_wal.join(name.to_string());
-            match push_file(archive, name, file, threads).await {
+            let sealed = seal_file(archive, name, pg_wal.join(name.to_string()), 1).await;
+            (name, sealed)
+        })
+        .buffer_unordered(sealers)
+        .map(|(name, sealed)| async move {
+            let outcome = match sealed {
                 // PostgreSQL archived and removed it meanwhile: nothing to do.
-                Ok(None) => false,
-                Ok(Some((_, crc, size))) => {
+                Ok(None) => return false,
+                Ok(Some(p)) => {
+                    let (crc, size) = (p.crc32c, p.raw_len);
+                    archive.commit(p).await.map(|_| (crc, size))
+                }
+                Err(e) => Err(e),
+            };
+            match outcome {
+                Ok((crc, size)) => {
+                    // Only now is the file durable in the store.
                     let m = PushedMarker {
                         crc32c: crc,
                         size,
