@@ -238,8 +238,8 @@ impl Spool {
         })
     }
 
-    /// Stores a prefetched file that `write` writes into an open temporary file, returning
-    /// the content's CRC-32C; it is renamed to its spool name only if `write` succeeds (not
+    /// Stores a prefetched file that `write` writes into an open temporary file (readable
+    /// and writable), returning the content's CRC-32C; it is renamed to its spool name only if `write` succeeds (not
     /// fsynced: see the module docs).
     pub fn put_fetched_with(
         &self,
@@ -251,6 +251,7 @@ impl Spool {
         let tmp = temp_beside(&dir.join(name.to_string()));
         let result = (|| {
             let mut f = fs::OpenOptions::new()
+                .read(true)
                 .write(true)
                 .create_new(true)
                 .open(&tmp)

@@ -363,8 +363,14 @@ fn main() {
     };
     let count: usize = opt("--segments").and_then(|v| v.parse().ok()).unwrap_or(64);
     let rounds: usize = opt("--rounds").and_then(|v| v.parse().ok()).unwrap_or(3);
-    let only: Option<Vec<String>> =
-        opt("--modes").map(|m| m.split(',').map(str::to_string).collect());
+    let only: Option<Vec<String>> = opt("--modes").map(|m| {
+        let mut v: Vec<String> = m.split(',').map(str::to_string).collect();
+        // The fetch modes read what the sequential push modes stored.
+        if v.iter().any(|m| m.starts_with("fetch-")) {
+            v.extend(["push-carta".to_string(), "push-pgbackrest".to_string()]);
+        }
+        v
+    });
     let wanted = |m: &str| only.as_ref().is_none_or(|o| o.iter().any(|x| x == m));
     let bin = carta_dr();
     if !Path::new("/usr/bin/pgbackrest").is_file() {

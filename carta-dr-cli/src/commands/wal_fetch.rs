@@ -21,7 +21,6 @@
 //! | 1 | not in the archive | ends recovery or moves on (streaming, `pg_wal`, next timeline) |
 //! | 200 | any other failure: store unreachable after retries, corrupt or undecryptable object, bad destination, bad command line | aborts recovery (status > 125, see `exit.rs`) |
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -125,9 +124,9 @@ async fn fetch(ctx: &Context, args: Args) -> Result<(), CliError> {
     Ok(())
 }
 
-/// Fetches one file into the spool: the sealed object is decoded chunk by chunk (on the
-/// blocking pool) straight into a spool file, which gets its name only once every checksum
-/// passed.
+/// Fetches one file into the spool: the sealed object is verified and decoded (on the
+/// blocking pool, chunks on every core) straight to their offsets in a spool file, which
+/// gets its name only once every checksum (and, for a segment, the first page) passed.
 async fn prefetch_one(
     archive: &Arc<StoreWalArchive>,
     spool: &Spool,
@@ -139,13 +138,10 @@ async fn prefetch_one(
     tokio::task::spawn_blocking(move || {
         spool
             .put_fetched_with(&name, |f| {
-                let mut w = std::io::BufWriter::with_capacity(256 << 10, f);
-                let stats = a
-                    .open_to_writer(&name, &sealed, &mut w)
+                let (_, crc) = a
+                    .open_verified_into(&name, &sealed, f)
                     .map_err(CliError::from)?;
-                w.flush()
-                    .map_err(|e| CliError::io("writing", spool.root(), e))?;
-                Ok(stats.crc32c)
+                Ok(crc)
             })
             .map_err(|e| carta_dr_core::Error::invalid_input(e.to_string()))
     })
@@ -218,26 +214,16 @@ fn serve_from_spool(spool: &Spool, name: &WalFileName, dest: &Path) -> Option<Wa
     Some(WalSegmentSize::new(len).unwrap_or_default())
 }
 
-/// Re-verifies a spooled copy of `name`: its CRC-32C (read in 1 MiB pieces) and, for a
-/// segment, its first page against the name. Returns its length.
+/// Re-verifies a spooled copy of `name`: its CRC-32C (read in 1 MiB pieces on every core)
+/// and, for a segment, its first page against the name. Returns its length.
 fn check_spooled(name: &WalFileName, path: &Path, crc: u32) -> Result<u64, String> {
-    use std::io::Read;
-    let mut f = std::fs::File::open(path).map_err(|e| e.to_string())?;
-    let mut buf = vec![0u8; 1 << 20];
-    let mut first_page = Vec::new();
-    let (mut got, mut len) = (0u32, 0u64);
-    loop {
-        let n = f.read(&mut buf).map_err(|e| e.to_string())?;
-        if n == 0 {
-            break;
-        }
-        if first_page.len() < 8192 {
-            let take = (8192 - first_page.len()).min(n);
-            first_page.extend_from_slice(&buf[..take]);
-        }
-        got = carta_dr_core::envelope::crc32c_append(got, &buf[..n]);
-        len += n as u64;
-    }
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::File::open(path).map_err(|e| e.to_string())?;
+    let len = f.metadata().map_err(|e| e.to_string())?.len();
+    let read_at = |offset: u64, buf: &mut [u8]| f.read_exact_at(buf, offset);
+    let threads = carta_dr_core::envelope::default_threads();
+    let got = carta_dr_core::envelope::crc32c_parallel_read(len, &read_at, threads)
+        .map_err(|e| e.to_string())?;
     if got != crc {
         return Err(format!(
             "checksum mismatch: spooled as {crc:08x}, reads {got:08x}"
@@ -247,8 +233,9 @@ fn check_spooled(name: &WalFileName, path: &Path, crc: u32) -> Result<u64, Strin
         // `inspect_segment` reads the first page and the length: a lazily zeroed buffer of
         // the file's length (pages never touched cost nothing) holds the first page.
         let mut probe = vec![0u8; usize::try_from(len).map_err(|e| e.to_string())?];
-        let head = first_page.len().min(probe.len());
-        probe[..head].copy_from_slice(&first_page[..head]);
+        let head = probe.len().min(8192);
+        f.read_exact_at(&mut probe[..head], 0)
+            .map_err(|e| e.to_string())?;
         inspect_segment(s, false, &probe).map_err(|e| e.to_string())?;
     }
     Ok(len)
