@@ -9,9 +9,9 @@
 //!    restored file into `pg_wal` with `durable_rename`, which fsyncs it (see
 //!    [`restore_into`]).
 //! 3. Prefetch: fetches the next `wal.fetch_prefetch` segments of the same timeline into the
-//!    spool, `wal.fetch_concurrency` at a time, within `wal.spool_max_bytes`, each decoded
-//!    chunk by chunk straight into its spool file (memory stays at about one sealed object
-//!    per download).
+//!    spool, `wal.fetch_concurrency` at a time, within `wal.spool_max_bytes`, each verified
+//!    and decoded on every core straight to its chunks' offsets in its spool file (memory
+//!    stays at about one sealed object per download and one chunk per thread).
 //!
 //! # Exit statuses
 //!

@@ -7,10 +7,12 @@
 //!    already stored is success; different content is a conflict (exit 6) and the stored copy
 //!    is kept.
 //! 3. Look-ahead: pushes up to `wal.push_look_ahead` further files that PostgreSQL has marked
-//!    `.ready` in `pg_wal/archive_status`, `wal.push_concurrency` at a time, and records each
-//!    one durably in the spool once the store holds it. PostgreSQL's later calls for them
-//!    then return at once. PostgreSQL's `.ready`/`.done` files stay the source of truth and are
-//!    never touched: a crash at any point loses nothing, it only repeats work.
+//!    `.ready` in `pg_wal/archive_status` (one sealed per core, `wal.push_concurrency`
+//!    uploads at a time), and records each one in the spool once the store holds it durably
+//!    (a marker: a cache, renamed into place without fsync). PostgreSQL's later calls for
+//!    them then return at once if the file's checksum matches. PostgreSQL's `.ready`/`.done`
+//!    files stay the source of truth and are never touched: a crash at any point loses
+//!    nothing, it only repeats work.
 //!
 //! Exit 0 only once the file is durable in the store (or, with the disk safety valve armed
 //! and tripped, once its drop is recorded durably; see `docs/wal-archive.md`). Every failure
